@@ -1,0 +1,48 @@
+# llmtrain: `make install`, `make test`, `make demo`. Everything runs from the virtualenv in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-all lint format crds lock demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv with the pinned dependencies (torch==2.13.0, CPU build here)
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[operator,train,dev]"
+	touch $@
+
+test: install ## the default test run (no slow tier): the README's test command
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install ## every tier, slow ones included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff, lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+crds: install ## regenerate crds/*.yaml and docs/api.md from the pydantic models
+	$(BIN)/python -m llmtrain.api.crdgen crds docs/api.md
+
+lock: install ## re-pin constraints.txt from what .venv holds
+	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' \
+	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
+
+demo: install ## the main job on one machine (the local runner arrives with the operator issue)
+	@echo "The local runner (llmtrain run -f examples/run.yaml) is not built yet: it arrives with the"
+	@echo "operator issue. What works today: validating the example run against the API."
+	$(BIN)/llmtrain validate -f examples/run.yaml
+
+clean: ## remove .venv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
