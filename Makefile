@@ -34,9 +34,12 @@ format: install ## apply ruff's fixes and formatting
 crds: install ## regenerate crds/*.yaml and docs/api.md from the pydantic models
 	$(BIN)/python -m llmtrain.api.crdgen crds docs/api.md
 
-lock: install ## re-pin constraints.txt from what .venv holds
+lock: ## resolve pyproject.toml afresh (no constraints) and re-pin constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[operator,train,dev]"
 	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' \
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
+	touch $(VENV)/.installed
 
 demo: install ## the main job on one machine (the local runner arrives with the operator issue)
 	@echo "The local runner (llmtrain run -f examples/run.yaml) is not built yet: it arrives with the"

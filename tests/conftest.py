@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from support.paths import ROOT
 
 VALID: dict[str, dict[str, Any]] = {
     "DataSource": {

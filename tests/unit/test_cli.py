@@ -8,9 +8,9 @@ import sys
 
 import yaml
 
-from conftest import ROOT
 from llmtrain import exitcodes
 from llmtrain.cli import main
+from support.paths import ROOT
 
 
 def test_validate_example(capsys):

@@ -8,9 +8,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import ROOT
 from llmtrain.api import KINDS, crdgen
 from support.apiserver import check_schema_is_sound, root_schema
+from support.paths import ROOT
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.KIND)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import ROOT
 from llmtrain.api import DataSource, ModelExport, TrainingRun, load_resources, select_resource
 from support.apiserver import admit
+from support.paths import ROOT
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 

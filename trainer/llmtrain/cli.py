@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from pathlib import Path
+from typing import Any
 
 from . import __version__, exitcodes
-from .api import SpecError, load_resources
+from .api import DataSource, SpecError, load_resources, select_resource
+
+log = logging.getLogger("llmtrain.cli")
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -29,6 +34,73 @@ def _validate(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def failure_exit_code(exc: BaseException) -> int:
+    """The documented exit code for a failure: permanent (bad input) or retryable."""
+    from . import secrets, storage
+    from .data.formats import BadSpec
+    from .data.pipeline import EmptyCorpus
+    from .data.sources import SourceError
+    from .data.tokenizer import TokenizerError
+
+    if isinstance(exc, (SourceError, storage.StorageError)):
+        return exitcodes.RETRYABLE if exc.retryable else exitcodes.BAD_INPUT
+    if isinstance(exc, (SpecError, EmptyCorpus, TokenizerError, BadSpec, secrets.MissingSecret)):
+        return exitcodes.BAD_INPUT
+    return 1
+
+
+def _report(result: dict[str, Any]) -> None:
+    print(json.dumps(result, separators=(",", ":")), flush=True)
+
+
+def _fail(exc: BaseException) -> int:
+    code = failure_exit_code(exc)
+    if code == 1:
+        log.exception("ingest failed")
+    else:
+        log.error("ingest failed", extra={"error": str(exc), "exitCode": code})
+        print(f"error: {exc}", file=sys.stderr)
+    _report({"error": str(exc), "exitCode": code})
+    return code
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from . import logs
+
+    logs.setup()
+    try:
+        resources = load_resources(args.file)
+        source = select_resource(resources, DataSource, args.name)
+        base_dir = Path.cwd() if args.file == "-" else Path(args.file).resolve().parent
+        output = args.output or source.spec.output.uri
+        if not output:
+            raise SpecError([], "no output: set spec.output.uri or pass --output")
+        if "://" not in output and args.output is None:
+            output = str(base_dir / output)
+        if (args.shard_index is None) != (args.shard_count is None) and not args.merge:
+            raise SpecError([], "--shard-index and --shard-count go together")
+        from .data.pipeline import ingest
+
+        report = ingest(
+            source,
+            output,
+            base_dir,
+            workers=args.workers or source.spec.workers,
+            shard_index=args.shard_index,
+            shard_count=args.shard_count,
+            merge_only=args.merge,
+            force=args.force,
+        )
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        _report({"error": str(exc), "exitCode": exitcodes.BAD_INPUT})
+        return exitcodes.BAD_INPUT
+    except Exception as exc:
+        return _fail(exc)
+    _report(report)
+    return exitcodes.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmtrain", description="Train large language models from scratch.")
     parser.add_argument("--version", action="version", version=f"llmtrain {__version__}")
@@ -43,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("-f", "--file", required=True, help="a YAML/JSON file, or - for stdin")
     validate.add_argument("-o", "--output", choices=["text", "json"], default="text")
     validate.set_defaults(handler=_validate)
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="run a DataSource: raw text to tokenizer and token shards",
+        description="Read, validate, normalize and dedupe the DataSource's text, train its tokenizer and write"
+        " token shards plus manifest.json (last). The report is the last line of stdout (JSON). Exit codes:"
+        " 0 ok, 2 bad input (permanent), 75 transient failure (retry).",
+    )
+    ingest.add_argument("-f", "--file", required=True, help="a YAML/JSON file holding the DataSource, or -")
+    ingest.add_argument("--name", help="which DataSource, when the file holds several")
+    ingest.add_argument("--output", help="output URI or directory (overrides spec.output.uri)")
+    ingest.add_argument("--workers", type=int, help="scan processes on this machine (default: spec.workers)")
+    ingest.add_argument("--shard-index", type=int, help="scan only this part (a pod of an Indexed Job)")
+    ingest.add_argument("--shard-count", type=int, help="number of parts the input is split into")
+    ingest.add_argument("--merge", action="store_true", help="merge finished parts: dedup, tokenizer, shards")
+    ingest.add_argument("--force", action="store_true", help="redo even if a manifest with this spec exists")
+    ingest.set_defaults(handler=_ingest)
     return parser
 
 

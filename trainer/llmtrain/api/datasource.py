@@ -229,6 +229,10 @@ class DataSourceSpec(ApiModel):
         default="auto",
         description="Input format; auto detects by extension. gzip and zstd are detected by magic bytes.",
     )
+    txt_unit: Literal["file", "paragraph", "line"] = Field(
+        default="file",
+        description="How txt input is cut into documents: whole files, blank-line separated paragraphs, or lines.",
+    )
     text_field: Annotated[str, MinLen(1), MaxLen(253)] = Field(
         default="text", description="Field (jsonl) or column (parquet) holding the text."
     )
@@ -248,10 +252,14 @@ class DataSourceSpec(ApiModel):
 class DataStats(ApiModel):
     """Counts from the last ingest."""
 
+    inputs: int = Field(default=0, description="Files, objects, URLs or queries read.")
     documents_in: int = Field(default=0, description="Documents read.")
     documents_out: int = Field(default=0, description="Documents kept.")
     bytes_in: int = Field(default=0, description="Bytes read.")
-    rejected: dict[str, int] = Field(default_factory=dict, description="Rejected documents by reason.")
+    rejected: dict[str, int] = Field(
+        default_factory=dict, description="Rejected documents (and unreadable inputs, as *_input) by reason."
+    )
+    repaired: int = Field(default=0, description="Documents whose encoding was detected or repaired.")
     duplicates_exact: int = Field(default=0, description="Exact duplicates removed.")
     duplicates_near: int = Field(default=0, description="Near duplicates removed.")
     dedup_percent: float = Field(default=0.0, description="Duplicates removed, in percent of valid documents.")

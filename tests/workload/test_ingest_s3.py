@@ -1,0 +1,110 @@
+"""S3 in and out against a real S3 server (SeaweedFS, SigV4): listing, streaming, atomic outputs, and
+the errors users meet (wrong keys, missing bucket), with credentials never printed."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import uuid
+
+import pytest
+
+from support.ingest import data_source, run_ingest, write_spec
+from support.paths import ROOT
+
+
+@pytest.fixture
+def corpus_bucket(s3_server):
+    """A bucket holding six plays as gzipped JSONL (one record per paragraph), plus a stray object."""
+    bucket = f"corpora-{uuid.uuid4().hex[:8]}"
+    client = s3_server.client()
+    client.create_bucket(Bucket=bucket)
+    for path in sorted((ROOT / "examples/data/shakespeare").glob("*.txt"))[:6]:
+        records = [json.dumps({"text": p}) for p in path.read_text().split("\n\n") if p.strip()]
+        client.put_object(
+            Bucket=bucket, Key=f"plays/{path.stem}.jsonl.gz", Body=gzip.compress("\n".join(records).encode())
+        )
+    client.put_object(Bucket=bucket, Key="elsewhere/ignored.txt", Body=b"not under the prefix")
+    return bucket
+
+
+@pytest.fixture
+def secrets_dir(tmp_path, s3_server):
+    """Secrets mounted as files, as the operator mounts them."""
+    secret = tmp_path / "secrets" / "corpus-s3"
+    secret.mkdir(parents=True)
+    (secret / "AWS_ACCESS_KEY_ID").write_text(s3_server.access_key)
+    (secret / "AWS_SECRET_ACCESS_KEY").write_text(s3_server.secret_key + "\n")
+    return tmp_path / "secrets"
+
+
+def s3_spec(s3_server, bucket, **extra):
+    source = {
+        "s3": {
+            "bucket": bucket,
+            "prefix": "plays/",
+            "endpoint": s3_server.endpoint,
+            "credentialsSecret": {"name": "corpus-s3"},
+        }
+    }
+    return data_source(sources=[source], format="auto", validation={"minChars": 40}, **extra)
+
+
+def test_s3_to_s3(tmp_path, s3_server, corpus_bucket, secrets_dir):
+    client = s3_server.client()
+    client.create_bucket(Bucket=f"{corpus_bucket}-out")
+    output = f"s3://{corpus_bucket}-out/datasets/plays"
+    spec = write_spec(tmp_path, s3_spec(s3_server, corpus_bucket))
+    result = run_ingest(
+        "-f", str(spec), "--output", output, env={**s3_server.env(), "LLMTRAIN_SECRETS_DIR": str(secrets_dir)}
+    )
+    assert result.code == 0, result.stderr
+    assert result.report["stats"]["inputs"] == 6 and result.report["stats"]["documentsOut"] > 1000
+    body = client.get_object(Bucket=f"{corpus_bucket}-out", Key="datasets/plays/manifest.json")["Body"].read()
+    manifest = json.loads(body)
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            data = client.get_object(Bucket=f"{corpus_bucket}-out", Key=f"datasets/plays/{shard['path']}")[
+                "Body"
+            ].read()
+            assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+            assert len(data) == 2 * shard["tokens"]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=f"{corpus_bucket}-out")["Contents"]]
+    assert not [k for k in keys if "/.work/" in k]  # scan parts are cleaned up after the manifest
+
+
+def test_wrong_secret_key_is_permanent_and_never_printed(tmp_path, s3_server, corpus_bucket, secrets_dir):
+    (secrets_dir / "corpus-s3" / "AWS_SECRET_ACCESS_KEY").write_text("not-the-right-secret-value")
+    spec = write_spec(tmp_path, s3_spec(s3_server, corpus_bucket))
+    result = run_ingest(
+        "-f", str(spec), "--output", str(tmp_path / "out"), env={"LLMTRAIN_SECRETS_DIR": str(secrets_dir)}
+    )
+    assert result.code == 2
+    assert "the secret key is wrong: check the credentials Secret" in result.report["error"]
+    assert "not-the-right-secret-value" not in result.stderr + json.dumps(result.report)
+
+
+def test_missing_bucket_and_missing_secret(tmp_path, s3_server, secrets_dir):
+    spec = write_spec(tmp_path, s3_spec(s3_server, "no-such-bucket-here"))
+    result = run_ingest(
+        "-f", str(spec), "--output", str(tmp_path / "out"), env={"LLMTRAIN_SECRETS_DIR": str(secrets_dir)}
+    )
+    assert result.code == 2 and "the bucket does not exist" in result.report["error"]
+    result = run_ingest(
+        "-f", str(spec), "--output", str(tmp_path / "out"), env={"LLMTRAIN_SECRETS_DIR": str(tmp_path / "nowhere")}
+    )
+    assert result.code == 2 and "Secret 'corpus-s3' has no key 'AWS_ACCESS_KEY_ID'" in result.report["error"]
+
+
+def test_unreachable_endpoint_is_retryable(tmp_path, secrets_dir):
+    source = {"s3": {"bucket": "corpora", "endpoint": "http://127.0.0.1:9", "credentialsSecret": {"name": "corpus-s3"}}}
+    spec = write_spec(tmp_path, data_source(sources=[source]))
+    result = run_ingest(
+        "-f",
+        str(spec),
+        "--output",
+        str(tmp_path / "out"),
+        env={"LLMTRAIN_SECRETS_DIR": str(secrets_dir), "AWS_MAX_ATTEMPTS": "1"},
+    )
+    assert result.code == 75 and "cannot reach the S3 endpoint" in result.report["error"]

@@ -1,0 +1,1 @@
+"""The DataSource workload: raw text in, tokenizer and token shards out (`llmtrain ingest`)."""

@@ -1,0 +1,1 @@
+"""Duplicate removal: exact (content hash) and near-duplicate (MinHash LSH)."""

@@ -1,0 +1,108 @@
+"""A scan part: the cleaned documents of one worker's inputs, with their hashes and signatures.
+
+Layout under `<output>/.work/part-<i>-of-<n>/`: `docs.zst` (records of a 4-byte length and UTF-8
+text, zstd-compressed), `index.npz` (content hashes, MinHash signatures), `stats.json`, and `DONE`,
+written last: a part without `DONE` is incomplete and is scanned again.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import storage
+
+_LENGTH = struct.Struct("<I")
+
+
+def part_uri(output: str, index: int, count: int) -> str:
+    return storage.join(output, ".work", f"part-{index:05d}-of-{count:05d}")
+
+
+class PartWriter:
+    """Writes one part into a local staging directory; `publish` puts it in place, DONE last."""
+
+    def __init__(self, staging: Path) -> None:
+        import zstandard
+
+        self.staging = staging
+        staging.mkdir(parents=True, exist_ok=True)
+        self._file = (staging / "docs.zst").open("wb")
+        self._stream = zstandard.ZstdCompressor(level=3).stream_writer(self._file)
+        self.hashes: list[tuple[int, int]] = []
+        self.sizes: list[int] = []
+        self.signatures: list[np.ndarray] = []
+
+    def add(self, text: str, content_hash: tuple[int, int], signature: np.ndarray | None) -> None:
+        data = text.encode("utf-8")
+        self._stream.write(_LENGTH.pack(len(data)))
+        self._stream.write(data)
+        self.hashes.append(content_hash)
+        self.sizes.append(len(data))
+        if signature is not None:
+            self.signatures.append(signature)
+
+    def publish(self, uri: str, stats: dict[str, Any], num_perm: int) -> None:
+        self._stream.close()
+        hashes = np.array(self.hashes, dtype=np.uint64).reshape(-1, 2)
+        signatures = np.stack(self.signatures) if self.signatures else np.zeros((len(self.hashes), 0), dtype=np.uint32)
+        np.savez(
+            self.staging / "index.npz", hashes=hashes, sizes=np.array(self.sizes, dtype=np.int64), signatures=signatures
+        )
+        (self.staging / "stats.json").write_text(json.dumps(stats))
+        for name in ("docs.zst", "index.npz", "stats.json"):
+            storage.upload_file(self.staging / name, storage.join(uri, name))
+        storage.write_bytes(storage.join(uri, "DONE"), json.dumps({"documents": len(self.hashes)}).encode())
+
+
+def is_done(uri: str) -> bool:
+    return storage.exists(storage.join(uri, "DONE"))
+
+
+class PartReader:
+    """A finished part: index arrays in memory, documents streamed from disk."""
+
+    def __init__(self, uri: str, workdir: Path) -> None:
+        self.uri = uri
+        if storage.is_s3(uri):
+            local = Path(tempfile.mkdtemp(dir=workdir))
+            for name in ("docs.zst", "index.npz", "stats.json"):
+                (local / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
+            self.directory = local
+        else:
+            self.directory = storage.local_path(uri)
+        with np.load(self.directory / "index.npz") as index:
+            self.hashes = index["hashes"]
+            self.sizes = index["sizes"]
+            self.signatures = index["signatures"]
+        self.stats = json.loads((self.directory / "stats.json").read_text())
+
+    def documents(self) -> Iterator[str]:
+        import zstandard
+
+        with (self.directory / "docs.zst").open("rb") as handle:
+            reader = zstandard.ZstdDecompressor().stream_reader(handle)
+            while header := _read_exact(reader, _LENGTH.size):
+                (length,) = _LENGTH.unpack(header)
+                yield _read_exact(reader, length).decode("utf-8")
+
+
+def _read_exact(reader: Any, size: int) -> bytes:
+    """`size` bytes (a decompressing reader may return fewer per call); b"" at the end."""
+    chunks, missing = [], size
+    while missing:
+        chunk = reader.read(missing)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        missing -= len(chunk)
+    data = b"".join(chunks)
+    if data and len(data) != size:
+        raise OSError("truncated part file: rerun the scan")
+    return data

@@ -1,0 +1,368 @@
+"""The ingest pipeline: scan (read, decode, normalize, filter, hash) in parts, then merge (dedup,
+tokenizer, shards, manifest).
+
+- `scan_part` handles inputs `i::n` of the sorted input list and publishes a part (`parts.py`). N
+  workers on one machine (`--workers`) or N pods of an Indexed Job (`--shard-index/--shard-count`)
+  each scan one part; a finished part (DONE with the same spec hash) is not scanned again.
+- `merge` loads every part's hashes and signatures, removes exact and near duplicates (`dedup/`),
+  trains the tokenizer on a hash-sampled subset of the train split, encodes the kept documents in
+  batches and writes shards. The old manifest is deleted before the first shard is written and the
+  new one is written last, so a manifest never points at partial data.
+The kept set is the same for any number of workers; shard bytes are identical for the same input and
+worker count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import logs, storage
+from ..api.datasource import DataSource, DataSourceSpec
+from . import parts, tokenizer
+from .dedup.exact import content_hash, first_occurrences
+from .dedup.lsh import near_duplicates
+from .dedup.minhash import MinHasher
+from .formats import InputError, Raw, Rejected
+from .normalize import Normalizer
+from .shards import ShardWriter, token_dtype, validation_mask
+from .sources import InputRef, list_inputs, read_input
+from .stats import Stats
+from .validate import Filter, decode
+
+log = logging.getLogger("llmtrain.ingest")
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+PREFETCH_DOCUMENTS = 256
+ENCODE_BATCH_BYTES = 4 << 20
+
+
+class EmptyCorpus(ValueError):
+    """No document survived: bad input, with the counts that explain why."""
+
+
+def spec_hash(spec: DataSourceSpec) -> str:
+    """What the output depends on: the spec less where it is written and how it is run."""
+    content = spec.to_wire()
+    for key in ("image", "resources", "workers"):
+        content.pop(key, None)
+    content.get("output", {}).pop("uri", None)
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _prefetch(items: Iterator[Any], size: int) -> Iterator[Any]:
+    """Reads `items` in a thread into a bounded queue: I/O overlaps processing, memory stays bounded."""
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=size)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                buffer.put(item)
+        except BaseException as exc:  # handed to the consumer
+            buffer.put(exc)
+        buffer.put(done)
+
+    threading.Thread(target=produce, daemon=True, name="ingest-reader").start()
+    while (item := buffer.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _documents(spec: DataSourceSpec, inputs: list[InputRef], stats: Stats) -> Iterator[Raw | Rejected]:
+    limit = spec.validation.max_chars * 4
+    for ref in inputs:
+        stats.inputs += 1
+        try:
+            yield from read_input(ref, spec, limit)
+        except InputError as exc:
+            stats.rejected[exc.reason] += 1
+            log.warning("input skipped", extra={"input": ref.uri, "reason": exc.reason, "detail": str(exc)})
+
+
+def scan_part(spec_wire: dict[str, Any], inputs: list[InputRef], uri: str, base_dir: str) -> dict[str, Any]:
+    """Scan `inputs` into the part at `uri`; returns the part's stats. (A process-pool entry point.)"""
+    logs.setup()
+    spec = DataSourceSpec.model_validate(spec_wire)
+    started = time.monotonic()
+    stats = Stats()
+    normalize, keep = Normalizer(spec.normalization), Filter(spec.validation)
+    minhash = spec.dedup.minhash
+    hasher = MinHasher(minhash.num_perm, minhash.ngram, minhash.seed) if minhash.enabled else None
+    with tempfile.TemporaryDirectory(prefix="llmtrain-part-") as staging:
+        writer = parts.PartWriter(Path(staging))
+        progress = logs.Progress(f"scan {uri.rsplit('/', 1)[-1]}")
+        for item in _prefetch(_documents(spec, inputs, stats), PREFETCH_DOCUMENTS):
+            stats.documents_in += 1
+            progress.advance()
+            if isinstance(item, Rejected):
+                stats.rejected[item.reason] += 1
+                continue
+            content = item.content
+            stats.bytes_in += len(content) if isinstance(content, bytes) else len(content.encode("utf-8"))
+            decoded = decode(content)
+            if decoded.text is None:
+                stats.rejected[decoded.reason or "undecodable"] += 1
+                continue
+            stats.repaired += decoded.repaired
+            text = normalize(decoded.text)
+            reason = keep.reason_to_reject(text)
+            if reason:
+                stats.rejected[reason] += 1
+                continue
+            stats.documents_valid += 1
+            writer.add(text, content_hash(text), hasher.signature(text) if hasher else None)
+        progress.close()
+        stats.seconds["scan"] = time.monotonic() - started
+        record = {**stats.scan_json(), "specHash": spec_hash(spec)}
+        writer.publish(uri, record, minhash.num_perm)
+    log.info("part scanned", extra={"part": uri, "documents": stats.documents_valid})
+    return record
+
+
+def _part_is_current(uri: str, digest: str) -> bool:
+    if not parts.is_done(uri):
+        return False
+    try:
+        return json.loads(storage.read_bytes(storage.join(uri, "stats.json"))).get("specHash") == digest
+    except (OSError, ValueError):
+        return False
+
+
+def scan(
+    resource: DataSource, output: str, base_dir: Path, workers: int, index: int | None = None, count: int | None = None
+) -> list[str]:
+    """Scan every part not already done (or only part `index` of `count`); returns the part URIs."""
+    spec = resource.spec
+    count = count or workers
+    inputs = list_inputs(spec, base_dir)
+    if not inputs:
+        raise EmptyCorpus("spec.sources: no input files, objects or URLs matched")
+    digest = spec_hash(spec)
+    uris = [parts.part_uri(output, i, count) for i in range(count)]
+    todo = [i for i in (range(count) if index is None else [index]) if not _part_is_current(uris[i], digest)]
+    jobs = [(spec.to_wire(), inputs[i::count], uris[i], str(base_dir)) for i in todo]
+    if len(jobs) > 1 and workers > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+            list(pool.map(scan_part, *zip(*jobs, strict=True)))
+    else:
+        for job in jobs:
+            scan_part(*job)
+    return uris
+
+
+def _sample_mask(hashes: np.ndarray, sizes: np.ndarray, eligible: np.ndarray, budget: int) -> np.ndarray:
+    total = int(sizes[eligible].sum())
+    rate = min(1.0, budget / total) if total else 1.0
+    with np.errstate(over="ignore"):
+        mixed = (hashes[:, 1] * np.uint64(0xD6E8FEB86659FD93)) >> np.uint64(11)
+    return eligible & (mixed.astype(np.float64) / 2.0**53 < rate)
+
+
+def _select(readers: list[parts.PartReader], mask: np.ndarray) -> Iterator[tuple[int, str]]:
+    """(global index, text) of the documents whose mask entry is True, in part order."""
+    offset = 0
+    for reader in readers:
+        count = len(reader.hashes)
+        local = mask[offset : offset + count]
+        if local.any():
+            for i, text in enumerate(reader.documents()):
+                if local[i]:
+                    yield offset + i, text
+        offset += count
+
+
+def _batches(documents: Iterable[tuple[int, str]], max_bytes: int) -> Iterator[list[tuple[int, str]]]:
+    batch: list[tuple[int, str]] = []
+    size = 0
+    for doc in documents:
+        batch.append(doc)
+        size += len(doc[1])
+        if size >= max_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def merge(resource: DataSource, output: str, part_uris: list[str], stats: Stats) -> dict[str, Any]:
+    """Dedup, tokenizer, shards and the manifest (written last); returns the manifest."""
+    for uri in part_uris:
+        if not parts.is_done(uri):
+            raise storage.StorageError(f"{uri}: part not finished; scan it first", retryable=True)
+    work = Path(tempfile.mkdtemp(prefix="llmtrain-merge-"))
+    try:
+        return _merge(resource, output, part_uris, stats, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _merge(resource: DataSource, output: str, part_uris: list[str], stats: Stats, work: Path) -> dict[str, Any]:
+    spec = resource.spec
+    started = time.monotonic()
+    readers = [parts.PartReader(uri, work) for uri in part_uris]
+    for reader in readers:
+        stats.add(Stats.from_json(reader.stats))
+    hashes = np.concatenate([r.hashes for r in readers]) if readers else np.zeros((0, 2), np.uint64)
+    sizes = np.concatenate([r.sizes for r in readers]) if readers else np.zeros(0, np.int64)
+    keep = first_occurrences(hashes) if spec.dedup.exact else np.ones(len(hashes), dtype=bool)
+    stats.duplicates_exact = int(len(hashes) - keep.sum())
+    if spec.dedup.minhash.enabled and len(hashes):
+        signatures = np.concatenate([r.signatures for r in readers])
+        near = near_duplicates(signatures, hashes[:, 0], spec.dedup.minhash.bands, spec.dedup.minhash.threshold, keep)
+        keep &= ~near
+        stats.duplicates_near = int(near.sum())
+    stats.seconds["dedup"] = time.monotonic() - started
+    stats.documents_out = int(keep.sum())
+    if not stats.documents_out:
+        rejected = ", ".join(f"{k}: {v}" for k, v in sorted(stats.rejected.items())) or "none"
+        raise EmptyCorpus(
+            f"no documents survived ({stats.documents_in} read; rejected: {rejected}); check spec.sources,"
+            " spec.format, spec.textField and spec.validation"
+        )
+    validation = validation_mask(hashes, spec.split.validation_fraction, spec.split.seed)
+
+    started = time.monotonic()
+    sample = _sample_mask(hashes, sizes, keep & ~validation, spec.tokenizer.train_sample_bytes)
+    trained = tokenizer.train(spec.tokenizer, (text for _, text in _select(readers, sample)))
+    stats.seconds["tokenizer"] = time.monotonic() - started
+
+    storage.delete(storage.join(output, MANIFEST))  # from here on the old shards are being replaced
+    trained.save(work / "tokenizer")
+    for name in trained.files():
+        storage.upload_file(work / "tokenizer" / name, storage.join(output, "tokenizer", name))
+
+    started = time.monotonic()
+    dtype = token_dtype(trained.vocab_size)
+    eos = np.array([trained.special_ids()["eos"]], dtype=dtype)
+    writers = {
+        split: ShardWriter(split, output, dtype, spec.output.shard_tokens, work / "staging")
+        for split in ("train", "validation")
+    }
+    progress = logs.Progress("tokenize", total=stats.documents_out)
+    for batch in _batches(_prefetch(_select(readers, keep), PREFETCH_DOCUMENTS), ENCODE_BATCH_BYTES):
+        encoded = trained.encode_batch([text for _, text in batch])
+        for split, selected in (("validation", True), ("train", False)):
+            rows = [ids for (index, _), ids in zip(batch, encoded, strict=True) if validation[index] == selected]
+            if rows:
+                flat = np.fromiter(
+                    itertools.chain.from_iterable(itertools.chain(ids, eos.tolist()) for ids in rows),
+                    dtype=dtype,
+                    count=sum(len(ids) + 1 for ids in rows),
+                )
+                writers[split].add(flat, documents=len(rows))
+        progress.advance(len(batch))
+    progress.close()
+    shards = {split: writer.close() for split, writer in writers.items()}
+    stats.tokens_train, stats.tokens_validation = writers["train"].tokens, writers["validation"].tokens
+    stats.documents_train, stats.documents_validation = writers["train"].documents, writers["validation"].documents
+    stats.seconds["tokenize"] = time.monotonic() - started
+    if not stats.tokens_train:
+        raise EmptyCorpus("every kept document went to validation; lower spec.split.validationFraction")
+
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "kind": "llmtrain.dev/dataset",
+        "name": resource.name,
+        "specHash": spec_hash(spec),
+        "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dtype": dtype.name,
+        "tokenizer": {
+            "type": trained.kind,
+            "vocabSize": trained.vocab_size,
+            "path": "tokenizer",
+            "files": trained.files(),
+            "specialTokens": {
+                name: {"token": trained.special[name], "id": i} for name, i in trained.special_ids().items()
+            },
+        },
+        "eosId": int(eos[0]),
+        "splits": {
+            split: {
+                "documents": writers[split].documents,
+                "tokens": writers[split].tokens,
+                "shards": [s.to_json() for s in shards[split]],
+            }
+            for split in ("train", "validation")
+        },
+        "stats": stats.to_json(),
+    }
+    storage.write_bytes(storage.join(output, MANIFEST), json.dumps(manifest, indent=2).encode())
+    _remove_stale(output, manifest)
+    return manifest
+
+
+def _remove_stale(output: str, manifest: dict[str, Any]) -> None:
+    """After the manifest is in place: drop the scan parts and shards of earlier runs."""
+    listed = {s["path"] for split in manifest["splits"].values() for s in split["shards"]}
+    for split in ("train", "validation"):
+        for entry in storage.list_files(storage.join(output, split)):
+            if f"{split}/{entry.relative}" not in listed:
+                storage.delete(entry.uri)
+    storage.delete_tree(storage.join(output, ".work"))
+
+
+def read_manifest(output: str) -> dict[str, Any] | None:
+    uri = storage.join(output, MANIFEST)
+    if not storage.exists(uri):
+        return None
+    return json.loads(storage.read_bytes(uri))
+
+
+def ingest(
+    resource: DataSource,
+    output: str,
+    base_dir: Path,
+    workers: int = 1,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    merge_only: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run the whole ingest, one scan part, or the merge; returns the report printed on stdout."""
+    started = time.monotonic()
+    spec = resource.spec
+    if not force and shard_index is None:
+        existing = read_manifest(output)
+        if existing and existing.get("specHash") == spec_hash(spec):
+            logs.audit("IngestSkipped", resource=resource.name, reason="manifest with this spec hash exists")
+            return {"name": resource.name, "output": output, "skipped": True, "stats": existing["stats"]}
+    logs.audit("IngestStarted", resource=resource.name, output=output)
+    if shard_index is not None:
+        uri = scan(resource, output, base_dir, 1, shard_index, shard_count)[shard_index]
+        record = json.loads(storage.read_bytes(storage.join(uri, "stats.json")))
+        return {"name": resource.name, "part": uri, "stats": record}
+    count = shard_count or workers
+    uris = (
+        [parts.part_uri(output, i, count) for i in range(count)]
+        if merge_only
+        else scan(resource, output, base_dir, workers, None, count)
+    )
+    stats = Stats()
+    manifest = merge(resource, output, uris, stats)
+    stats.seconds["total"] = time.monotonic() - started
+    report = {
+        "name": resource.name,
+        "output": output,
+        "manifest": storage.join(output, MANIFEST),
+        "tokenizer": storage.join(output, "tokenizer"),
+        "stats": manifest["stats"],
+    }
+    logs.audit("IngestFinished", resource=resource.name, documents=stats.documents_out, tokens=stats.tokens_train)
+    return report
