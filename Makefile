@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all lint format crds lock demo clean
+.PHONY: help install test test-all lint format crds lock demo bench bench-corpora clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,16 @@ demo: install ## the main job on one machine (the local runner arrives with the 
 	@echo "The local runner (llmtrain run -f examples/run.yaml) is not built yet: it arrives with the"
 	@echo "operator issue. What works today: validating the example run against the API."
 	$(BIN)/llmtrain validate -f examples/run.yaml
+
+bench-corpora: ## install the public corpora the benchmarks read (Debian packages)
+	@test -f /usr/src/linux-source-6.1.tar.xz && test -f /usr/share/dictd/gcide.dict.dz && command -v bible >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-source-6.1 dict-gcide bible-kjv; }
+
+bench: install bench-corpora ## run the benchmarks (minutes); results as JSON in bench/results/, summarized in docs/benchmarks.md
+	mkdir -p bench/results
+	$(BIN)/python bench/minhash.py > bench/results/minhash.json
+	$(BIN)/python bench/ingest.py --large > bench/results/ingest.json
+	$(BIN)/python bench/tokenizer.py > bench/results/tokenizer.json
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -54,14 +54,14 @@ CASES: list[tuple[str, str, Mutation, str, str]] = [
         "DataSource",
         set_path("spec.sources.0.s3", {"bucket": "corpora"}),
         "spec.sources[0]",
-        "each source must set exactly one of s3, http, pvc, local, sql",
+        "each source must set exactly one of s3, http, pvc, local, sql, huggingface",
     ),
     (
         "no-source-kind",
         "DataSource",
         set_path("spec.sources.0", {}),
         "spec.sources[0]",
-        "each source must set exactly one of s3, http, pvc, local, sql",
+        "each source must set exactly one of s3, http, pvc, local, sql, huggingface",
     ),
     ("no-sources", "DataSource", set_path("spec.sources", []), "spec.sources", "must have at least 1 item"),
     (

@@ -140,3 +140,31 @@ def test_sql_errors_name_the_fix_not_the_url(tmp_path, sqlite_db, query, column,
     )
     assert result.code == 2 and message in result.report["error"]
     assert "sqlite:///" not in result.stderr + result.report["error"]
+
+
+def _hf_spec(path: str, **extra):
+    return data_source(
+        sources=[{"huggingface": {"path": path, **extra}}], validation={"minChars": 40}, tokenizer={"vocabSize": 800}
+    )
+
+
+def test_huggingface_datasets_from_disk(tmp_path):
+    import datasets
+
+    paragraphs = [p for play in PLAYS for p in play.read_text().split("\n\n") if p.strip()]
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"text": paragraphs, "n": list(range(len(paragraphs)))})}
+    ).save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "files").mkdir()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": paragraphs}), tmp_path / "files" / "train-00000.parquet")
+    for folder in ("saved", "files"):
+        result = run_ingest("-f", str(write_spec(tmp_path, _hf_spec(folder))), "--output", str(tmp_path / folder / "o"))
+        assert result.code == 0, result.stderr
+        assert result.report["stats"]["documentsIn"] == len(paragraphs)
+    wrong = run_ingest(
+        "-f", str(write_spec(tmp_path, _hf_spec("saved", split="test"))), "--output", str(tmp_path / "x")
+    )
+    assert wrong.code == 2 and "no split 'test' (splits: train)" in wrong.report["error"]

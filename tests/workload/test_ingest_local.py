@@ -210,3 +210,21 @@ def test_spec_from_stdin_and_name_selection(shakespeare):
     assert process.returncode == 0, process.stderr
     manifest = json.loads((shakespeare / "out/manifest.json").read_text())
     assert manifest["name"] == "second" and manifest["tokenizer"]["files"][0] == "tokenizer.model"
+
+
+def test_near_and_exact_duplicates_across_workers(shakespeare):
+    """Planted copies in different files (so different parts): each removed once, whatever the split."""
+    data = shakespeare / "data"
+    original = (data / sorted(p.name for p in data.iterdir())[0]).read_text()
+    words = original.split()
+    near = list(words)
+    for i in range(0, len(near), 400):  # one word in 400 changed: Jaccard of 5-grams ~0.99
+        near[i] = "changed"
+    (data / "zz-exact-copy.txt").write_text(original)
+    (data / "zz-near-copy.txt").write_text(" ".join(near))
+    spec = write_spec(shakespeare, data_source())
+    for workers in ("1", "3"):
+        result = run_ingest("-f", str(spec), "--output", str(shakespeare / f"out{workers}"), "--workers", workers)
+        assert result.code == 0, result.stderr
+        stats = result.report["stats"]
+        assert (stats["duplicatesExact"], stats["duplicatesNear"], stats["documentsOut"]) == (1, 1, 6)

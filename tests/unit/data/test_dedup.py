@@ -122,3 +122,31 @@ def test_threshold_is_respected(threshold):
     truth = jaccard(*pair)
     assert 0.6 < truth < 0.9
     assert bool(_drop(pair, threshold)) == (truth >= threshold)
+
+
+def test_exact_verification_decides_on_true_similarity():
+    """With a similarity function the decision follows the exact Jaccard, not the signature estimate."""
+    from llmtrain.data.dedup.minhash import exact_jaccard
+
+    rng = random.Random(3)
+    vocab = words()
+    hasher = MinHasher(num_perm=112, ngram=5)
+    base = " ".join(vocab[2000:2600])
+    keys = np.array([1, 2], dtype=np.uint64)
+    disagreements = 0
+    for _ in range(200):
+        other = " ".join(mutated(rng, vocab[2000:2600], rng.randint(8, 14), vocab))
+        (sig_a, sh_a), (sig_b, sh_b) = hasher.signature_and_shingles(base), hasher.signature_and_shingles(other)
+        truth = exact_jaccard(sh_a, sh_b)
+        assert truth == pytest.approx(jaccard(base, other), abs=1e-3)  # hashed shingles vs the string sets
+        sets = [sh_a, sh_b]
+
+        def exact(pairs, sets=sets):
+            return np.array([exact_jaccard(sets[a], sets[b]) for a, b in pairs.tolist()])
+
+        signatures = np.stack([sig_a, sig_b])
+        candidate = near_duplicates(signatures, keys, 16, 0.0).any()
+        verified = near_duplicates(signatures, keys, 16, 0.8, similarity=exact).any()
+        assert verified == (candidate and truth >= 0.8)
+        disagreements += near_duplicates(signatures, keys, 16, 0.8).any() != verified
+    assert disagreements > 0  # the estimate alone would have decided some of these pairs wrongly

@@ -96,13 +96,31 @@ class SqlSource(ApiModel):
     text_column: Annotated[str, MinLen(1), MaxLen(253)] = Field(default="text", description="Column holding the text.")
 
 
+class HuggingFaceSource(ApiModel):
+    """A Hugging Face `datasets` dataset on disk (never downloaded from a hub): saved with
+    `save_to_disk`, or a folder of data files (parquet, jsonl, csv, txt) that `load_dataset` reads."""
+
+    path: Annotated[
+        str,
+        MinLen(1),
+        MaxLen(1024),
+        Matches(
+            r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|[^:]+)$",
+            "must be pvc://<claim>/<path> or a local path (local runner only)",
+        ),
+        CelRule(r"!self.matches('(^|/)\\.\\.(/|$)')", "must not contain '..' path segments"),
+    ] = Field(description="The dataset folder: pvc://claim/path, or a local path relative to the run file.")
+    split: Annotated[str, MinLen(1), MaxLen(253)] = Field(default="train", description="Which split to read.")
+
+
 class Source(ApiModel):
-    """One input: exactly one of s3, http, pvc, local, sql."""
+    """One input: exactly one of s3, http, pvc, local, sql, huggingface."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
-            "[has(self.s3), has(self.http), has(self.pvc), has(self.local), has(self.sql)].exists_one(x, x)",
-            "each source must set exactly one of s3, http, pvc, local, sql",
+            "[has(self.s3), has(self.http), has(self.pvc), has(self.local), has(self.sql), has(self.huggingface)]"
+            ".exists_one(x, x)",
+            "each source must set exactly one of s3, http, pvc, local, sql, huggingface",
         ),
     )
 
@@ -111,6 +129,9 @@ class Source(ApiModel):
     pvc: PvcSource | None = Field(default=None, description="Files on a PersistentVolumeClaim.")
     local: LocalSource | None = Field(default=None, description="Local files (local runner only).")
     sql: SqlSource | None = Field(default=None, description="Rows of a SQL query.")
+    huggingface: HuggingFaceSource | None = Field(
+        default=None, description="A Hugging Face datasets dataset on disk (local or PVC)."
+    )
 
 
 class ValidationSpec(ApiModel):
@@ -152,10 +173,16 @@ class MinHashSpec(ApiModel):
 
     enabled: bool = Field(default=True, description="Remove near-duplicates.")
     threshold: Annotated[float, Gt(0.0), Le(1.0)] = Field(
-        default=0.8, description="Estimated Jaccard similarity at or above which documents are duplicates."
+        default=0.8,
+        description="Jaccard similarity of word n-gram sets at or above which documents are duplicates;"
+        " LSH proposes candidates, their exact similarity decides.",
     )
     num_perm: Annotated[int, Ge(8), Le(1024)] = Field(default=112, description="Number of hash permutations.")
-    bands: Annotated[int, Ge(1), Le(1024)] = Field(default=14, description="LSH bands.")
+    bands: Annotated[int, Ge(1), Le(1024)] = Field(
+        default=16,
+        description="LSH bands (rows per band = numPerm / bands); more bands find more candidates, which exact"
+        " verification then checks.",
+    )
     ngram: Annotated[int, Ge(1), Le(32)] = Field(default=5, description="Words per shingle.")
     seed: Annotated[int, Ge(0)] = Field(default=1, description="Seed of the hash permutations.")
 

@@ -127,11 +127,12 @@ def scan_part(spec_wire: dict[str, Any], inputs: list[InputRef], uri: str, base_
                 stats.rejected[reason] += 1
                 continue
             stats.documents_valid += 1
-            writer.add(text, content_hash(text), hasher.signature(text) if hasher else None)
+            signature, shingles = hasher.signature_and_shingles(text) if hasher else (None, None)
+            writer.add(text, content_hash(text), signature, shingles)
         progress.close()
         stats.seconds["scan"] = time.monotonic() - started
         record = {**stats.scan_json(), "specHash": spec_hash(spec)}
-        writer.publish(uri, record, minhash.num_perm)
+        writer.publish(uri, record)
     log.info("part scanned", extra={"part": uri, "documents": stats.documents_valid})
     return record
 
@@ -159,7 +160,7 @@ def scan(
     todo = [i for i in (range(count) if index is None else [index]) if not _part_is_current(uris[i], digest)]
     jobs = [(spec.to_wire(), inputs[i::count], uris[i], str(base_dir)) for i in todo]
     if len(jobs) > 1 and workers > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("fork")) as pool:
             list(pool.map(scan_part, *zip(*jobs, strict=True)))
     else:
         for job in jobs:
@@ -215,27 +216,12 @@ def merge(resource: DataSource, output: str, part_uris: list[str], stats: Stats)
 
 def _merge(resource: DataSource, output: str, part_uris: list[str], stats: Stats, work: Path) -> dict[str, Any]:
     spec = resource.spec
-    started = time.monotonic()
     readers = [parts.PartReader(uri, work) for uri in part_uris]
     for reader in readers:
         stats.add(Stats.from_json(reader.stats))
     hashes = np.concatenate([r.hashes for r in readers]) if readers else np.zeros((0, 2), np.uint64)
     sizes = np.concatenate([r.sizes for r in readers]) if readers else np.zeros(0, np.int64)
-    keep = first_occurrences(hashes) if spec.dedup.exact else np.ones(len(hashes), dtype=bool)
-    stats.duplicates_exact = int(len(hashes) - keep.sum())
-    if spec.dedup.minhash.enabled and len(hashes):
-        signatures = np.concatenate([r.signatures for r in readers])
-        near = near_duplicates(signatures, hashes[:, 0], spec.dedup.minhash.bands, spec.dedup.minhash.threshold, keep)
-        keep &= ~near
-        stats.duplicates_near = int(near.sum())
-    stats.seconds["dedup"] = time.monotonic() - started
-    stats.documents_out = int(keep.sum())
-    if not stats.documents_out:
-        rejected = ", ".join(f"{k}: {v}" for k, v in sorted(stats.rejected.items())) or "none"
-        raise EmptyCorpus(
-            f"no documents survived ({stats.documents_in} read; rejected: {rejected}); check spec.sources,"
-            " spec.format, spec.textField and spec.validation"
-        )
+    keep = _deduplicate(spec, readers, hashes, stats)
     validation = validation_mask(hashes, spec.split.validation_fraction, spec.split.seed)
 
     started = time.monotonic()
@@ -247,10 +233,50 @@ def _merge(resource: DataSource, output: str, part_uris: list[str], stats: Stats
     trained.save(work / "tokenizer")
     for name in trained.files():
         storage.upload_file(work / "tokenizer" / name, storage.join(output, "tokenizer", name))
+    writers = _write_shards(spec, output, readers, keep, validation, trained, stats, work)
+    manifest = _manifest(resource, trained, writers, stats)
+    storage.write_bytes(storage.join(output, MANIFEST), json.dumps(manifest, indent=2).encode())
+    _remove_stale(output, manifest)
+    return manifest
 
+
+def _deduplicate(spec: DataSourceSpec, readers: list[parts.PartReader], hashes: np.ndarray, stats: Stats) -> np.ndarray:
+    """The mask of documents kept after exact and near-duplicate removal."""
+    started = time.monotonic()
+    keep = first_occurrences(hashes) if spec.dedup.exact else np.ones(len(hashes), dtype=bool)
+    stats.duplicates_exact = int(len(hashes) - keep.sum())
+    minhash = spec.dedup.minhash
+    if minhash.enabled and len(hashes):
+        signatures = np.concatenate([r.signatures for r in readers])
+        store = parts.ShingleStore(readers)
+        near = near_duplicates(signatures, hashes[:, 0], minhash.bands, minhash.threshold, keep, store.similarity)
+        keep &= ~near
+        stats.duplicates_near = int(near.sum())
+    stats.seconds["dedup"] = time.monotonic() - started
+    stats.documents_out = int(keep.sum())
+    if not stats.documents_out:
+        rejected = ", ".join(f"{k}: {v}" for k, v in sorted(stats.rejected.items())) or "none"
+        raise EmptyCorpus(
+            f"no documents survived ({stats.documents_in} read; rejected: {rejected}); check spec.sources,"
+            " spec.format, spec.textField and spec.validation"
+        )
+    return keep
+
+
+def _write_shards(
+    spec: DataSourceSpec,
+    output: str,
+    readers: list[parts.PartReader],
+    keep: np.ndarray,
+    validation: np.ndarray,
+    trained: tokenizer.Tokenizer,
+    stats: Stats,
+    work: Path,
+) -> dict[str, ShardWriter]:
+    """Encode the kept documents in batches (the next batch is read while one encodes) into shards."""
     started = time.monotonic()
     dtype = token_dtype(trained.vocab_size)
-    eos = np.array([trained.special_ids()["eos"]], dtype=dtype)
+    eos = [trained.special_ids()["eos"]]
     writers = {
         split: ShardWriter(split, output, dtype, spec.output.shard_tokens, work / "staging")
         for split in ("train", "validation")
@@ -262,27 +288,33 @@ def _merge(resource: DataSource, output: str, part_uris: list[str], stats: Stats
             rows = [ids for (index, _), ids in zip(batch, encoded, strict=True) if validation[index] == selected]
             if rows:
                 flat = np.fromiter(
-                    itertools.chain.from_iterable(itertools.chain(ids, eos.tolist()) for ids in rows),
+                    itertools.chain.from_iterable(itertools.chain(ids, eos) for ids in rows),
                     dtype=dtype,
                     count=sum(len(ids) + 1 for ids in rows),
                 )
                 writers[split].add(flat, documents=len(rows))
         progress.advance(len(batch))
     progress.close()
-    shards = {split: writer.close() for split, writer in writers.items()}
+    for writer in writers.values():
+        writer.close()
     stats.tokens_train, stats.tokens_validation = writers["train"].tokens, writers["validation"].tokens
     stats.documents_train, stats.documents_validation = writers["train"].documents, writers["validation"].documents
     stats.seconds["tokenize"] = time.monotonic() - started
     if not stats.tokens_train:
         raise EmptyCorpus("every kept document went to validation; lower spec.split.validationFraction")
+    return writers
 
-    manifest = {
+
+def _manifest(
+    resource: DataSource, trained: tokenizer.Tokenizer, writers: dict[str, ShardWriter], stats: Stats
+) -> dict[str, Any]:
+    return {
         "version": MANIFEST_VERSION,
         "kind": "llmtrain.dev/dataset",
         "name": resource.name,
-        "specHash": spec_hash(spec),
+        "specHash": spec_hash(resource.spec),
         "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "dtype": dtype.name,
+        "dtype": token_dtype(trained.vocab_size).name,
         "tokenizer": {
             "type": trained.kind,
             "vocabSize": trained.vocab_size,
@@ -292,20 +324,17 @@ def _merge(resource: DataSource, output: str, part_uris: list[str], stats: Stats
                 name: {"token": trained.special[name], "id": i} for name, i in trained.special_ids().items()
             },
         },
-        "eosId": int(eos[0]),
+        "eosId": trained.special_ids()["eos"],
         "splits": {
             split: {
-                "documents": writers[split].documents,
-                "tokens": writers[split].tokens,
-                "shards": [s.to_json() for s in shards[split]],
+                "documents": writer.documents,
+                "tokens": writer.tokens,
+                "shards": [s.to_json() for s in writer.shards],
             }
-            for split in ("train", "validation")
+            for split, writer in writers.items()
         },
         "stats": stats.to_json(),
     }
-    storage.write_bytes(storage.join(output, MANIFEST), json.dumps(manifest, indent=2).encode())
-    _remove_stale(output, manifest)
-    return manifest
 
 
 def _remove_stale(output: str, manifest: dict[str, Any]) -> None:

@@ -46,7 +46,16 @@ def decode(raw: bytes | str) -> Decoded:
     return _repair(text, repaired=True)
 
 
+# UTF-8 read as Latin-1/cp1252 leaves a lead byte (U+00C2-U+00F4) before a continuation byte shown
+# as U+0080-U+00BF or one of cp1252's punctuation letters. Text without such a pair needs no ftfy.
+_MOJIBAKE_HINT = re.compile(
+    "[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u203a\u20ac\u2122]"
+)
+
+
 def _repair(text: str, repaired: bool) -> Decoded:
+    if text.isascii() or not _MOJIBAKE_HINT.search(text):
+        return Decoded(text, repaired=repaired)
     import ftfy.badness
 
     if ftfy.badness.is_bad(text):

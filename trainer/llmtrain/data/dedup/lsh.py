@@ -3,14 +3,17 @@
 1. Each signature is cut into `bands` bands of `rows` values; a band's values hash to one 64-bit key.
 2. Per band, documents are sorted by key; equal keys form a bucket and every member is a candidate
    of the bucket's first document.
-3. A candidate pair joins a cluster (union-find) when its estimated Jaccard similarity reaches the
-   threshold, which removes the false positives of the banding.
+3. A candidate pair joins a cluster (union-find) when its Jaccard similarity reaches the threshold:
+   exact, from the stored shingle hashes, when a `similarity` function is given (no false positives,
+   and no true pair lost to estimation noise), else estimated from the signatures.
 4. In each cluster one document is kept: the one with the smallest content hash, so the kept set does
    not depend on input order or on how the input was split between workers.
 All steps are vectorized except the union-find over verified pairs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -48,6 +51,28 @@ def candidate_pairs(keys: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
 
 
+Similarity = Callable[[np.ndarray], np.ndarray]
+
+
+def similar_pairs(
+    signatures: np.ndarray, bands: int, threshold: float, similarity: Similarity | None = None
+) -> np.ndarray:
+    """(m, 2) index pairs that share a band bucket and whose Jaccard similarity reaches `threshold`.
+
+    `similarity(pairs)` returns the exact similarity of each pair; without it, the signatures' estimate.
+    """
+    if len(signatures) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = candidate_pairs(band_keys(signatures, bands))
+    if len(pairs) == 0:
+        return pairs
+    if similarity is None:
+        scores = (signatures[pairs[:, 0]] == signatures[pairs[:, 1]]).mean(axis=1)
+    else:
+        scores = similarity(pairs)
+    return pairs[scores >= threshold]
+
+
 def _find(parent: np.ndarray, x: int) -> int:
     while parent[x] != x:
         parent[x] = parent[parent[x]]
@@ -55,43 +80,46 @@ def _find(parent: np.ndarray, x: int) -> int:
     return x
 
 
-def near_duplicates(
-    signatures: np.ndarray, order_keys: np.ndarray, bands: int, threshold: float, active: np.ndarray | None = None
-) -> np.ndarray:
-    """Mask of documents to drop as near duplicates.
-
-    `order_keys` (n,) decides which member of a cluster is kept (the smallest); `active` limits the
-    search to some rows (e.g. exact-duplicate survivors).
-    """
-    n = len(signatures)
+def drop_from_clusters(n: int, pairs: np.ndarray, order_keys: np.ndarray) -> np.ndarray:
+    """Mask over `n` documents: all members of each cluster (connected pairs) but the smallest key."""
     drop = np.zeros(n, dtype=bool)
-    index = np.arange(n) if active is None else np.flatnonzero(active)
-    if len(index) < 2:
-        return drop
-    sigs = signatures[index]
-    pairs = candidate_pairs(band_keys(sigs, bands))
     if len(pairs) == 0:
         return drop
-    similarity = (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
-    pairs = pairs[similarity >= threshold]
-    parent = np.arange(len(index))
+    parent = np.arange(n)
     for a, b in pairs.tolist():
         ra, rb = _find(parent, a), _find(parent, b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     roots = parent
-    while True:  # pointer jumping: every entry ends at its root (roots are the smallest index)
+    while True:  # pointer jumping: every entry ends at its root
         jumped = roots[roots]
         if np.array_equal(jumped, roots):
             break
         roots = jumped
-    clustered = np.flatnonzero(np.bincount(roots, minlength=len(index))[roots] > 1)
-    if len(clustered) == 0:
-        return drop
-    # keep the member with the smallest order key in each cluster
-    keys = order_keys[index[clustered]]
-    by_cluster = np.lexsort((keys, roots[clustered]))
+    clustered = np.flatnonzero(np.bincount(roots, minlength=n)[roots] > 1)
+    by_cluster = np.lexsort((order_keys[clustered], roots[clustered]))
     sorted_roots = roots[clustered][by_cluster]
     first = np.concatenate(([True], sorted_roots[1:] != sorted_roots[:-1]))
-    drop[index[clustered[by_cluster[~first]]]] = True
+    drop[clustered[by_cluster[~first]]] = True
+    return drop
+
+
+def near_duplicates(
+    signatures: np.ndarray,
+    order_keys: np.ndarray,
+    bands: int,
+    threshold: float,
+    active: np.ndarray | None = None,
+    similarity: Similarity | None = None,
+) -> np.ndarray:
+    """Mask of documents to drop as near duplicates.
+
+    `order_keys` (n,) decides which member of a cluster is kept (the smallest); `active` limits the
+    search to some rows (e.g. exact-duplicate survivors); `similarity` takes global index pairs.
+    """
+    index = np.arange(len(signatures)) if active is None else np.flatnonzero(active)
+    drop = np.zeros(len(signatures), dtype=bool)
+    exact = None if similarity is None else (lambda pairs: similarity(index[pairs]))
+    pairs = similar_pairs(signatures[index], bands, threshold, exact)
+    drop[index] = drop_from_clusters(len(index), pairs, order_keys[index])
     return drop

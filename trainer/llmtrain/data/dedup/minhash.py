@@ -7,7 +7,8 @@ Shingles: the document lowercased, split on ASCII whitespace, every run of `ngra
 Speed comes from never looping over shingles in Python: word hashes are polynomial hashes of the
 UTF-8 bytes computed with prefix sums, shingle hashes combine word hashes with vector operations, and
 the `numPerm` permutations `(a*x + b) mod 2^32` (odd `a`: a bijection of the 32-bit space) are one
-broadcasted multiply-add followed by a column minimum.
+broadcasted multiply-add followed by a column minimum. The distinct shingle hashes can be kept so
+that LSH candidates are verified by their exact Jaccard similarity, not an estimate.
 """
 
 from __future__ import annotations
@@ -75,7 +76,14 @@ class MinHasher:
 
     def signature(self, text: str) -> np.ndarray:
         """`num_perm` uint32 MinHash values (all 0xFFFFFFFF for a text without words)."""
+        return self.signature_of(self.shingle_hashes(text))
+
+    def signature_and_shingles(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The signature and the shingle hashes (kept for exact verification of candidates)."""
         shingles = self.shingle_hashes(text)
+        return self.signature_of(shingles), shingles
+
+    def signature_of(self, shingles: np.ndarray) -> np.ndarray:
         if len(shingles) == 0:
             return np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
         out = np.empty(self.num_perm, dtype=np.uint32)
@@ -90,3 +98,12 @@ class MinHasher:
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
+
+
+def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of the sets of two arrays of shingle hashes."""
+    a, b = np.unique(a), np.unique(b)
+    if len(a) == 0 and len(b) == 0:
+        return 1.0
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    return common / (len(a) + len(b) - common)

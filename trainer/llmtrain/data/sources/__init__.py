@@ -32,7 +32,7 @@ class InputRef:
 
 
 def list_inputs(spec: DataSourceSpec, base_dir: Path) -> list[InputRef]:
-    from . import files, s3, sql
+    from . import files, hf, s3, sql
 
     inputs: list[InputRef] = []
     for index, source in enumerate(spec.sources):
@@ -46,17 +46,22 @@ def list_inputs(spec: DataSourceSpec, base_dir: Path) -> list[InputRef]:
             inputs += [InputRef(index, url) for url in source.http.urls]
         elif source.sql is not None:
             inputs.append(sql.query_ref(index, source.sql))
+        elif source.huggingface is not None:
+            inputs.append(hf.resolve(index, source.huggingface, base_dir))
     return inputs
 
 
 def read_input(ref: InputRef, spec: DataSourceSpec, limit: int) -> Iterator[Raw | Rejected]:
     """The documents of one input (raises formats.InputError for a corrupt input, SourceError when
     the source fails)."""
-    from . import files, http, s3, sql
+    from . import files, hf, http, s3, sql
 
     source = spec.sources[ref.source]
     if source.sql is not None:
         yield from sql.iter_rows(source.sql)
+        return
+    if source.huggingface is not None:
+        yield from hf.iter_rows(ref.uri, source.huggingface, spec.text_field)
         return
     if source.s3 is not None:
         opened = s3.open_object(source.s3, ref.uri)
