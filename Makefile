@@ -41,10 +41,12 @@ lock: ## resolve pyproject.toml afresh (no constraints) and re-pin constraints.t
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
 	touch $(VENV)/.installed
 
-demo: install ## the main job on one machine (the local runner arrives with the operator issue)
-	@echo "The local runner (llmtrain run -f examples/run.yaml) is not built yet: it arrives with the"
-	@echo "operator issue. What works today: validating the example run against the API."
+demo: install ## the main job on one machine, as far as it is built (the local runner comes with the operator)
+	@echo "The local runner (llmtrain run -f examples/run.yaml) is not built yet: it arrives with the operator"
+	@echo "issue. Today: validate the example run, then run its DataSource (tokenizer and shards in work/demo)."
 	$(BIN)/llmtrain validate -f examples/run.yaml
+	$(BIN)/llmtrain ingest -f examples/run.yaml --name shakespeare --output work/demo/shakespeare
+	@echo "Dataset: work/demo/shakespeare/manifest.json"
 
 bench-corpora: ## install the public corpora the benchmarks read (Debian packages)
 	@test -f /usr/src/linux-source-6.1.tar.xz && test -f /usr/share/dictd/gcide.dict.dz && command -v bible >/dev/null \
