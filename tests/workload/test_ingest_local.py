@@ -228,3 +228,24 @@ def test_near_and_exact_duplicates_across_workers(shakespeare):
         assert result.code == 0, result.stderr
         stats = result.report["stats"]
         assert (stats["duplicatesExact"], stats["duplicatesNear"], stats["documentsOut"]) == (1, 1, 6)
+
+
+def test_pvc_source_and_output(shakespeare):
+    """pvc://claim/path is $LLMTRAIN_PVC_ROOT/claim/path, as the operator mounts claims in pods."""
+    volumes = shakespeare / "volumes"
+    (volumes / "corpora").mkdir(parents=True)
+    (shakespeare / "data").rename(volumes / "corpora" / "plays")
+    spec = write_spec(
+        shakespeare,
+        data_source(
+            sources=[{"pvc": {"claimName": "corpora", "path": "plays/*.txt"}}],
+            output={"uri": "pvc://datasets/plays", "shardTokens": 50_000},
+        ),
+    )
+    result = run_ingest("-f", str(spec), env={"LLMTRAIN_PVC_ROOT": str(volumes)})
+    assert result.code == 0, result.stderr
+    assert result.report["manifest"] == "pvc://datasets/plays/manifest.json"
+    assert (volumes / "datasets/plays/manifest.json").exists() and result.report["stats"]["inputs"] == 6
+    missing = write_spec(shakespeare, data_source(sources=[{"pvc": {"claimName": "absent"}}]))
+    result = run_ingest("-f", str(missing), "--output", str(shakespeare / "o"), env={"LLMTRAIN_PVC_ROOT": str(volumes)})
+    assert result.code == 2 and "claim 'absent' is not mounted" in result.report["error"]
