@@ -46,6 +46,8 @@ def failure_exit_code(exc: BaseException) -> int:
         return exitcodes.RETRYABLE if exc.retryable else exitcodes.BAD_INPUT
     if isinstance(exc, (SpecError, EmptyCorpus, TokenizerError, BadSpec, secrets.MissingSecret)):
         return exitcodes.BAD_INPUT
+    if type(exc).__name__ in ("DataError", "CheckpointError"):  # the trainer's bad-input errors (torch-free check)
+        return exitcodes.BAD_INPUT
     return 1
 
 
@@ -56,9 +58,9 @@ def _report(result: dict[str, Any]) -> None:
 def _fail(exc: BaseException) -> int:
     code = failure_exit_code(exc)
     if code == 1:
-        log.exception("ingest failed")
+        log.exception("failed")
     else:
-        log.error("ingest failed", extra={"error": str(exc), "exitCode": code})
+        log.error("failed", extra={"error": str(exc), "exitCode": code})
         print(f"error: {exc}", file=sys.stderr)
     _report({"error": str(exc), "exitCode": code})
     return code
@@ -101,6 +103,33 @@ def _ingest(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def _train(args: argparse.Namespace) -> int:
+    from . import logs
+
+    logs.setup()
+    try:
+        from .api import TrainingRun
+
+        run = select_resource(load_resources(args.file), TrainingRun, args.name)
+        from .train.loop import Options, train
+
+        options = Options(
+            data=args.data,
+            checkpoints=args.checkpoints,
+            progress=args.progress,
+            metrics_dir=Path(args.metrics_dir) if args.metrics_dir else None,
+            stop_at_step=args.stop_at_step,
+        )
+        if args.max_steps:
+            run.spec.training.max_steps = args.max_steps
+        return train(run, options)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.BAD_INPUT
+    except Exception as exc:
+        return _fail(exc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmtrain", description="Train large language models from scratch.")
     parser.add_argument("--version", action="version", version=f"llmtrain {__version__}")
@@ -132,6 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--merge", action="store_true", help="merge finished parts: dedup, tokenizer, shards")
     ingest.add_argument("--force", action="store_true", help="redo even if a manifest with this spec exists")
     ingest.set_defaults(handler=_ingest)
+
+    train = commands.add_parser(
+        "train",
+        help="run a TrainingRun: train the model on a DataSource's shards (directly or under torchrun)",
+        description="Train the TrainingRun's model on the dataset at --data, checkpointing to --checkpoints and"
+        " resuming from its latest checkpoint. Exit codes: 0 done, 2 bad input, 3 diverged (non-finite loss,"
+        " last good state saved), 75 interrupted by SIGTERM after a checkpoint (rerun to resume).",
+    )
+    train.add_argument("-f", "--file", required=True, help="a YAML/JSON file holding the TrainingRun, or -")
+    train.add_argument("--name", help="which TrainingRun, when the file holds several")
+    train.add_argument("--data", required=True, help="the dataset: the DataSource's output (manifest.json)")
+    train.add_argument("--checkpoints", required=True, help="checkpoint URI or directory")
+    train.add_argument("--progress", help="where to write the progress report (JSON)")
+    train.add_argument("--metrics-dir", help="JSONL metrics and TensorBoard event files")
+    train.add_argument("--max-steps", type=int, help="override spec.training.maxSteps (the schedule follows it)")
+    train.add_argument(
+        "--stop-at-step", type=int, help="checkpoint and exit 0 after this step; the schedule still spans maxSteps"
+    )
+    train.set_defaults(handler=_train)
     return parser
 
 

@@ -42,8 +42,9 @@ def setup(level: int = logging.INFO) -> None:
 
 
 def audit(event: str, **fields: Any) -> None:
-    """A lifecycle event on the audit stream."""
-    logging.getLogger("llmtrain.audit").info(event, extra={"stream": "audit", "event": event, **fields})
+    """A lifecycle event on the audit stream (a field named like a LogRecord attribute gets a `_` suffix)."""
+    safe = {(f"{key}_" if key in _RESERVED else key): value for key, value in fields.items()}
+    logging.getLogger("llmtrain.audit").info(event, extra={"stream": "audit", "event": event, **safe})
 
 
 class Progress:

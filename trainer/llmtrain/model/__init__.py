@@ -1,0 +1,1 @@
+"""The model: a Llama-style decoder whose parameter names are Hugging Face's."""

@@ -1,0 +1,1 @@
+"""The TrainingRun workload: `llmtrain train`, one process per device under torchrun."""

@@ -1,0 +1,343 @@
+"""The training loop: build, shard, resume, step, validate, checkpoint, report.
+
+One call per process (torchrun starts one per device). Exit codes: 0 done, 3 diverged (non-finite
+loss; the last good state is saved first), 75 interrupted by SIGTERM after a checkpoint (resume by
+rerunning the same command).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import exitcodes, logs, storage
+from ..api.trainingrun import TrainingRun
+from ..model.flops import flops_per_token, peak_flops
+from ..model.llama import Llama, LlamaConfig, count_parameters
+from . import distributed
+from .anomalies import AnomalyDetector, RaisedAlert
+from .checkpoint import Checkpointer
+from .loader import Batches, DataError, Dataset
+from .optim import build_optimizer, lr_factor, set_lr
+from .progress import FileSink, Metrics, Reporter, format_eta, prometheus_port
+
+log = logging.getLogger("llmtrain.train")
+
+#: Fault injection (tests, drills): the loss of this 0-based step is reported as NaN.
+INJECT_NONFINITE_AT = int(os.environ.get("LLMTRAIN_INJECT_NONFINITE_LOSS_AT_STEP", "-1"))
+
+
+@dataclass
+class Options:
+    data: str
+    checkpoints: str
+    progress: str | None = None
+    metrics_dir: Path | None = None
+    stop_at_step: int | None = None  # checkpoint and exit after this step; the schedule still spans maxSteps
+    cache: Path = Path(os.environ.get("LLMTRAIN_CACHE_DIR", "/tmp/llmtrain-cache"))
+
+
+class Stop:
+    """SIGTERM (forwarded by torchrun when the pod is evicted or the Job suspended) asks for a
+    checkpoint and a clean exit at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def local_dataset(uri: str, cache: Path) -> Path:
+    """A local directory holding the dataset: the path itself, or an S3 copy in the cache."""
+    if not storage.is_s3(uri):
+        return storage.local_path(uri)
+    target = cache / "datasets" / uri.replace("s3://", "").replace("/", "_")
+    for entry in storage.list_files(uri):
+        path = target / entry.relative
+        if not path.exists() or path.stat().st_size != entry.size:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with storage.open_read(entry.uri) as stream, path.open("wb") as out:
+                shutil.copyfileobj(stream, out, 1 << 20)
+    return target
+
+
+def model_config(run: TrainingRun, dataset: Dataset) -> LlamaConfig:
+    config = LlamaConfig.from_spec(run.spec.model, dataset.vocab_size)
+    if dataset.manifest["dtype"] not in ("uint16", "uint32"):
+        raise DataError(f"unsupported shard dtype {dataset.manifest['dtype']}")
+    return config
+
+
+def build_model(config: LlamaConfig, run: TrainingRun, world: distributed.World) -> Llama:
+    """The same full model on every rank (one seed), then sharded: initialization never depends on the
+    world size, and no two shards are correlated."""
+    generator = torch.Generator().manual_seed(run.spec.training.seed)
+    model = Llama(config)
+    model.init_weights(generator)
+    model.to(world.device)
+    if run.spec.training.activation_checkpointing:
+        for block in model.model.layers:
+            block.checkpointing = True
+    if run.spec.training.compile:
+        for block in model.model.layers:
+            block.compile()
+    return distributed.shard(model, world, run.spec.training.precision)
+
+
+def evaluate(model: Llama, batches: list[tuple[torch.Tensor, torch.Tensor]], world: distributed.World) -> dict:
+    """Mean validation loss, perplexity and next-token accuracy over all ranks' batches."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for inputs, targets in batches:
+            inputs, targets = inputs.to(world.device), targets.to(world.device)
+            logits = model(inputs).float()
+            loss = torch.nn.functional.cross_entropy(
+                logits.view(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+            )
+            totals += torch.tensor(
+                [loss.item(), (logits.argmax(-1) == targets).sum().item(), targets.numel()], dtype=torch.float64
+            )
+    model.train()
+    if world.distributed:
+        totals = totals.to(world.device) if world.device.type == "cuda" else totals
+        torch.distributed.all_reduce(totals)
+    if totals[2] == 0:
+        return {}
+    val_loss = float(totals[0] / totals[2])
+    return {"valLoss": val_loss, "perplexity": math.exp(min(val_loss, 50)), "accuracy": float(totals[1] / totals[2])}
+
+
+def grad_norm(model: torch.nn.Module, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(run: TrainingRun, options: Options) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # DCP in a world of one
+    world = distributed.setup()
+    try:
+        return _train(run, options, world)
+    finally:
+        distributed.teardown()
+
+
+def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
+    spec, training = run.spec, run.spec.training
+    dataset = Dataset.open(local_dataset(options.data, options.cache))
+    config = model_config(run, dataset)
+    model = build_model(config, run, world)
+    optimizer = build_optimizer(model, training.optimizer, fused=world.device.type == "cuda")
+    checkpoints = Checkpointer(
+        options.checkpoints,
+        world,
+        spec.checkpointing.keep_last,
+        spec.checkpointing.keep_best,
+        options.cache / "checkpoints" / run.name,
+    )
+    shape = dict(vars(config))
+    start, tokens_seen = 0, 0
+    latest = checkpoints.latest()
+    if latest:
+        meta = checkpoints.load(latest, model, optimizer, shape)
+        start, tokens_seen = meta["step"], meta.get("tokensSeen", 0)
+        logs.audit(
+            "Resumed",
+            run=run.name,
+            step=start,
+            checkpoint=storage.join(options.checkpoints, latest),
+            fromWorldSize=meta.get("worldSize"),
+            worldSize=world.size,
+        )
+    batches = Batches(
+        dataset.stream("train"),
+        dataset.stream("validation"),
+        config.max_seq_len,
+        training.micro_batch_size,
+        training.gradient_accumulation_steps,
+        world.rank,
+        world.size,
+        training.seed,
+    )
+    validation = batches.validation_batches(spec.validation.batches)
+    tokens_per_step = batches.global_sequences * config.max_seq_len
+    with torch.device("meta"):
+        shapes_only = Llama(config)
+    parameters = count_parameters(shapes_only)
+    flops = flops_per_token(config, count_parameters(shapes_only, exclude_embedding=True))
+    peak = peak_flops(world.device.type, training.precision != "fp32")
+
+    sinks = [FileSink(options.progress)] if options.progress and world.is_main else []
+    reporter = Reporter(run.name, training.max_steps, sinks)
+    metrics = Metrics(
+        options.metrics_dir if world.is_main else None, run.name, prometheus_port() if world.is_main else None
+    )
+    detector = AnomalyDetector(spec.alerts)
+    stop = Stop()
+    if world.is_main:
+        logs.audit(
+            "TrainingStarted",
+            run=run.name,
+            step=start,
+            totalSteps=training.max_steps,
+            worldSize=world.size,
+            parameters=parameters,
+        )
+    latest_saved = None
+
+    def best_checkpoint() -> dict | None:
+        entry = checkpoints.best()
+        if entry is None:
+            return None
+        name, meta = entry
+        return {"step": meta["step"], "valLoss": meta["valLoss"], "uri": storage.join(options.checkpoints, name)}
+
+    if latest:
+        reporter.report["latestCheckpoint"] = {"step": start, "uri": storage.join(options.checkpoints, latest)}
+        reporter.report["bestCheckpoint"] = best_checkpoint()
+
+    def raise_alert(alert: RaisedAlert | None) -> None:
+        if alert is not None and world.is_main:
+            logs.audit("Alert", run=run.name, **alert.to_json())
+            reporter.alert(alert.to_json())
+
+    def save(step: int, losses: dict) -> None:
+        nonlocal latest_saved
+        saved = checkpoints.save(
+            step, model, optimizer, {"tokensSeen": tokens_seen, "seed": training.seed, "model": shape, **losses}
+        )
+        latest_saved = step
+        if world.is_main:
+            logs.audit("CheckpointSaved", run=run.name, step=step, uri=saved.uri)
+            latest_entry = {"step": step, "uri": saved.uri, "time": saved.time}
+            reporter.update(force=True, latestCheckpoint=latest_entry, bestCheckpoint=best_checkpoint())
+
+    # one GPU without FSDP: autocast stands in for FSDP's mixed-precision policy
+    autocast = world.device.type == "cuda" and not world.distributed and training.precision == "bf16"
+    model.train()
+    window_started, window_tokens, step_time = time.perf_counter(), 0, None
+    last_loss, last_val = None, None
+    for step in range(start, training.max_steps):
+        set_lr(optimizer, training.optimizer.lr * lr_factor(step, training.max_steps, training.scheduler))
+        micro_batches = batches.step(step)
+        loss_sum = 0.0
+        started = time.perf_counter()
+        for index, (inputs, targets) in enumerate(micro_batches):
+            if world.distributed:
+                model.set_requires_gradient_sync(index == len(micro_batches) - 1)
+            inputs, targets = inputs.to(world.device), targets.to(world.device)
+            with torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = model.loss(inputs, targets) / len(micro_batches)
+            loss.backward()
+            loss_sum += loss.item()
+        loss_value = distributed.mean_across(loss_sum, world)
+        if step == INJECT_NONFINITE_AT:
+            loss_value = float("nan")  # fault injection for tests of the divergence path
+        alert = detector.check_loss(step, loss_value)
+        if alert is not None and alert.type == "NonFiniteLoss":
+            optimizer.zero_grad(set_to_none=True)
+            raise_alert(alert)
+            save(step, {"loss": last_loss, "valLoss": last_val, "diverged": True})
+            reporter.update(force=True, phase="Failed", failure={"reason": "NonFiniteLoss", "message": alert.message})
+            logs.audit("TrainingFailed", run=run.name, reason="NonFiniteLoss", step=step)
+            return exitcodes.DIVERGED
+        raise_alert(alert)
+        norm = grad_norm(model, training.max_grad_norm)
+        raise_alert(detector.check_grad_norm(step, norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        completed = step + 1
+        tokens_seen += tokens_per_step
+        window_tokens += tokens_per_step
+        last_loss = loss_value
+        elapsed = time.perf_counter() - started
+        step_time = elapsed if step_time is None else 0.9 * step_time + 0.1 * elapsed
+
+        values: dict[str, float | None] = {}
+        if completed % training.log_every_steps == 0 or completed == training.max_steps:
+            window = time.perf_counter() - window_started
+            tokens_per_second = window_tokens / window
+            mfu = tokens_per_second * flops / (peak * world.size) if peak else None
+            values = {
+                "loss": loss_value,
+                "lr": optimizer.param_groups[0]["lr"],
+                "gradNorm": norm,
+                "tokensPerSecond": tokens_per_second,
+                "mfu": mfu,
+                "memoryMiB": memory_mib(world.device),
+            }
+            raise_alert(detector.check_throughput(step, tokens_per_second))
+            window_started, window_tokens = time.perf_counter(), 0
+            if world.is_main:
+                log.info(
+                    "step %d/%d loss %.4f lr %.2e grad %.3f %.0f tok/s mfu %s",
+                    completed,
+                    training.max_steps,
+                    loss_value,
+                    values["lr"],
+                    norm,
+                    tokens_per_second,
+                    f"{mfu:.1%}" if mfu else "n/a",
+                    extra={"step": completed, **{k: v for k, v in values.items() if v is not None}},
+                )
+        if validation and (completed % spec.validation.every_steps == 0 or completed == training.max_steps):
+            figures = evaluate(model, validation, world)
+            values.update({f"val/{k}": v for k, v in figures.items()})
+            last_val = figures.get("valLoss")
+            reporter.update(force=True, valLoss=last_val, perplexity=figures.get("perplexity"))
+        if world.is_main and values:
+            metrics.log(completed, values)
+        reporter.update(
+            step=completed,
+            tokensSeen=tokens_seen,
+            loss=round(loss_value, 4),
+            tokensPerSecond=round(values["tokensPerSecond"])
+            if "tokensPerSecond" in values
+            else reporter.report["tokensPerSecond"],
+            mfu=round(values["mfu"], 4) if values.get("mfu") else reporter.report["mfu"],
+            eta=format_eta(step_time * (training.max_steps - completed)),
+        )
+        stopping = distributed.any_true(stop.requested, world)
+        pausing = completed == options.stop_at_step
+        if completed % spec.checkpointing.every_steps == 0 or completed == training.max_steps or stopping or pausing:
+            save(completed, {"loss": loss_value, "valLoss": last_val})
+        if pausing and not stopping:
+            if world.is_main:
+                logs.audit("TrainingPaused", run=run.name, step=completed)
+                reporter.update(force=True, phase="Paused")
+            metrics.close()
+            return exitcodes.OK
+        if stopping:
+            if world.is_main:
+                logs.audit("TrainingInterrupted", run=run.name, step=completed, reason="SIGTERM")
+                reporter.update(force=True, phase="Interrupted")
+            return exitcodes.RETRYABLE
+    if latest_saved != training.max_steps and start < training.max_steps:
+        save(training.max_steps, {"loss": last_loss, "valLoss": last_val})
+    metrics.close()
+    if world.is_main:
+        reporter.update(force=True, phase="Succeeded", step=training.max_steps, eta=None)
+        logs.audit("TrainingFinished", run=run.name, step=training.max_steps, loss=last_loss, valLoss=last_val)
+    return exitcodes.OK

@@ -1,0 +1,137 @@
+"""What the trainer tells the world: metrics sinks and the progress report for the operator.
+
+The progress report is a small, versioned JSON document (`PROGRESS_VERSION`) that rank 0 writes at most
+every `min_interval` seconds and at every lifecycle event. Sinks:
+- `FileSink`: atomic writes to a file (local runner; or a file the operator reads);
+- the operator's ConfigMap sink comes with the operator, behind the same `write(report)` interface.
+Metrics go to a JSONL file, TensorBoard event files and a Prometheus endpoint (rank 0).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from .. import storage
+
+PROGRESS_VERSION = 1
+log = logging.getLogger("llmtrain.train")
+
+
+class ProgressSink(Protocol):
+    def write(self, report: dict[str, Any]) -> None: ...
+
+
+class FileSink:
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def write(self, report: dict[str, Any]) -> None:
+        storage.write_bytes(self.uri, json.dumps(report, indent=2).encode())
+
+
+def format_eta(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class Reporter:
+    """Keeps the latest figures and pushes the progress report to the sinks, throttled."""
+
+    def __init__(self, run: str, total_steps: int, sinks: list[ProgressSink], min_interval: float = 5.0) -> None:
+        self.sinks, self.min_interval = sinks, min_interval
+        self.report: dict[str, Any] = {
+            "version": PROGRESS_VERSION,
+            "run": run,
+            "phase": "Running",
+            "step": 0,
+            "totalSteps": total_steps,
+            "tokensSeen": 0,
+            "loss": None,
+            "valLoss": None,
+            "perplexity": None,
+            "tokensPerSecond": None,
+            "mfu": None,
+            "eta": None,
+            "latestCheckpoint": None,
+            "bestCheckpoint": None,
+            "alerts": [],
+            "startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "updatedAt": None,
+        }
+        self._written = 0.0
+
+    def update(self, force: bool = False, **fields: Any) -> None:
+        self.report.update(fields)
+        now = time.monotonic()
+        if force or now - self._written >= self.min_interval:
+            self.report["updatedAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            for sink in self.sinks:
+                try:
+                    sink.write(self.report)
+                except OSError as exc:  # a report is never worth a failed run
+                    log.warning("progress report not written", extra={"error": str(exc)})
+            self._written = now
+
+    def alert(self, alert: dict[str, Any]) -> None:
+        self.report["alerts"] = (self.report["alerts"] + [alert])[-20:]
+        self.update(force=True)
+
+
+class Metrics:
+    """JSONL, TensorBoard and Prometheus sinks for scalar metrics (rank 0 only)."""
+
+    def __init__(self, directory: Path | None, run: str, prometheus_port: int | None) -> None:
+        self._jsonl = None
+        self._tensorboard = None
+        self._gauges: dict[str, Any] = {}
+        self.run = run
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._jsonl = (directory / "metrics.jsonl").open("a")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(str(directory / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard is not installed: no event files")
+        if prometheus_port:
+            import prometheus_client
+
+            prometheus_client.start_http_server(prometheus_port)
+            self._prometheus = prometheus_client
+
+    def log(self, step: int, values: dict[str, float | None]) -> None:
+        values = {k: v for k, v in values.items() if v is not None}
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+            self._jsonl.flush()
+        if self._tensorboard is not None:
+            for key, value in values.items():
+                self._tensorboard.add_scalar(key, value, step)
+            self._tensorboard.flush()
+        if hasattr(self, "_prometheus"):
+            for key, value in {"step": step, **values}.items():
+                name = "llmtrain_train_" + key.replace("/", "_")
+                if name not in self._gauges:
+                    self._gauges[name] = self._prometheus.Gauge(name, f"llmtrain trainer {key}", ["run"])
+                self._gauges[name].labels(run=self.run).set(value)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def prometheus_port() -> int | None:
+    port = os.environ.get("LLMTRAIN_METRICS_PORT")
+    return int(port) if port else None
