@@ -228,3 +228,38 @@ def test_example_run_trains_and_the_loss_falls(tmp_path):
     assert history[10] > 7.0 and history[300] < 5.0  # ln(4096) = 8.3 at the start
     report = json.loads((tmp_path / "ckpt-progress.json").read_text())
     assert report["phase"] == "Succeeded" and report["valLoss"] < 5.5
+
+
+def test_checkpoints_on_s3_resume_exactly(tmp_path, dataset, s3_server):
+    """Checkpoints written to a real S3 server (SeaweedFS), paused, then resumed from S3."""
+    s3_server.client().create_bucket(Bucket="checkpoints")
+    spec = run_spec(tmp_path, steps=16)
+    env = {**s3_server.env(), "LLMTRAIN_CACHE_DIR": str(tmp_path / "cache")}
+    local = tmp_path / "local"
+    assert train(spec, dataset, local, 1, env=env) == 0
+    remote = "s3://checkpoints/tiny"
+    metrics = tmp_path / "s3"  # train_command derives progress/metrics paths from this name
+    command = [
+        sys.executable,
+        "-m",
+        "llmtrain.cli",
+        "train",
+        "-f",
+        str(spec),
+        "--data",
+        str(dataset),
+        "--checkpoints",
+        remote,
+        "--metrics-dir",
+        str(tmp_path / "s3-metrics"),
+    ]
+    first = subprocess.run([*command, "--stop-at-step", "10"], env={**os.environ, **env}, capture_output=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    env["LLMTRAIN_CACHE_DIR"] = str(tmp_path / "fresh-cache")  # resume reads the checkpoint back from S3
+    second = subprocess.run(command, env={**os.environ, **env}, capture_output=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert losses(metrics) == losses(local)
+    client = s3_server.client()
+    assert client.get_object(Bucket="checkpoints", Key="tiny/latest")["Body"].read() == b"step-00000016"
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="checkpoints", Prefix="tiny/step-00000016/")["Contents"]}
+    assert {"tiny/step-00000016/meta.json", "tiny/step-00000016/.metadata", "tiny/step-00000016/__0_0.distcp"} <= keys

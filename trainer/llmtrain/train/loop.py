@@ -91,8 +91,11 @@ def build_model(config: LlamaConfig, run: TrainingRun, world: distributed.World)
         for block in model.model.layers:
             block.checkpointing = True
     if run.spec.training.compile:
-        for block in model.model.layers:
-            block.compile()
+        if world.distributed:  # FSDP2: compile each block, between the sharding hooks
+            for block in model.model.layers:
+                block.compile()
+        else:  # one process: the whole forward and loss as one graph (fuses the output projection's loss)
+            model.loss = torch.compile(model.loss)  # type: ignore[method-assign]
     return distributed.shard(model, world, run.spec.training.precision)
 
 
@@ -149,7 +152,8 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
     dataset = Dataset.open(local_dataset(options.data, options.cache))
     config = model_config(run, dataset)
     model = build_model(config, run, world)
-    optimizer = build_optimizer(model, training.optimizer, fused=world.device.type == "cuda")
+    fused = world.device.type == "cuda" or not world.distributed  # fused AdamW: GPUs, and unsharded CPU params
+    optimizer = build_optimizer(model, training.optimizer, fused=fused)
     checkpoints = Checkpointer(
         options.checkpoints,
         world,

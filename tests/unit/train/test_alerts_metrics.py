@@ -1,0 +1,54 @@
+"""Anomaly alerts and the metrics sinks."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+
+from llmtrain.api.trainingrun import AlertsSpec
+from llmtrain.train.anomalies import WARMUP_OBSERVATIONS, AnomalyDetector
+from llmtrain.train.progress import FileSink, Metrics, Reporter, format_eta
+
+
+def test_loss_spike_after_warmup_and_nonfinite_at_once():
+    detector = AnomalyDetector(AlertsSpec(loss_spike_factor=2.0))
+    assert detector.check_loss(0, float("inf")).type == "NonFiniteLoss"
+    for step in range(WARMUP_OBSERVATIONS):
+        assert detector.check_loss(step, 3.0 - step * 0.01) is None
+    spike = detector.check_loss(50, 9.0)
+    assert spike.type == "LossSpike" and spike.severity == "warning" and "x its running mean" in spike.message
+    assert detector.check_loss(51, 3.0) is None
+
+
+def test_grad_norm_and_throughput_drop():
+    detector = AnomalyDetector(AlertsSpec(grad_norm_max=5.0, throughput_drop_fraction=0.5))
+    assert detector.check_grad_norm(1, 4.0) is None and detector.check_grad_norm(2, 6.0).type == "GradNormHigh"
+    assert all(detector.check_throughput(s, 1000.0) is None for s in range(10))
+    assert detector.check_throughput(11, 400.0).type == "ThroughputDrop"
+    assert AnomalyDetector(AlertsSpec()).check_grad_norm(1, 1e9) is None  # no gradNormMax, no alert
+
+
+def test_reporter_throttles_but_forces_events(tmp_path):
+    sink = FileSink(str(tmp_path / "progress.json"))
+    reporter = Reporter("run", 100, [sink], min_interval=3600)
+    reporter.update(step=1)
+    reporter.update(step=2)
+    assert json.loads((tmp_path / "progress.json").read_text())["step"] == 1  # throttled
+    reporter.alert({"type": "LossSpike"})
+    report = json.loads((tmp_path / "progress.json").read_text())
+    assert report["step"] == 2 and report["alerts"] == [{"type": "LossSpike"}] and report["version"] == 1
+    assert format_eta(3725) == "1h02m" and format_eta(65) == "1m05s" and format_eta(None) is None
+
+
+def test_jsonl_tensorboard_and_prometheus(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics = Metrics(tmp_path, "tiny", port)
+    metrics.log(10, {"loss": 3.5, "tokensPerSecond": 1234.0, "mfu": None})
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'llmtrain_train_loss{run="tiny"} 3.5' in body and 'llmtrain_train_step{run="tiny"} 10.0' in body
+    metrics.close()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 3.5
+    assert list((tmp_path / "tensorboard").iterdir())
