@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,6 +216,15 @@ def test_bad_inputs_are_permanent(tmp_path, dataset):
     wider = run_spec(tmp_path, model={"hiddenSize": 128})
     process = subprocess.run(train_command(wider, dataset, tmp_path / "shape"), capture_output=True, text=True)
     assert process.returncode == 2 and "use a new checkpoint URI" in process.stderr
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(dataset, mismatched)
+    manifest = json.loads((mismatched / "manifest.json").read_text())
+    manifest["tokenizer"]["vocabSize"] = 100
+    (mismatched / "manifest.json").write_text(json.dumps(manifest))
+    process = subprocess.run(
+        train_command(run_spec(tmp_path), mismatched, tmp_path / "m"), capture_output=True, text=True
+    )
+    assert process.returncode == 2 and "shards and manifest come from different runs" in process.stderr
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def failure_exit_code(exc: BaseException) -> int:
         return exitcodes.RETRYABLE if exc.retryable else exitcodes.BAD_INPUT
     if isinstance(exc, (SpecError, EmptyCorpus, TokenizerError, BadSpec, secrets.MissingSecret)):
         return exitcodes.BAD_INPUT
-    if type(exc).__name__ in ("DataError", "CheckpointError"):  # the trainer's bad-input errors (torch-free check)
+    if type(exc).__name__ in ("DataError", "CheckpointError", "OutOfMemory"):  # the trainer's (torch-free check)
         return exitcodes.BAD_INPUT
     return 1
 

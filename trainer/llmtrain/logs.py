@@ -47,6 +47,13 @@ def audit(event: str, **fields: Any) -> None:
     logging.getLogger("llmtrain.audit").info(event, extra={"stream": "audit", "event": event, **safe})
 
 
+def human(line: str) -> None:
+    """A plain progress line for a person at a terminal (the JSON stream carries the same figures)."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\x1b[2m{time.strftime('%H:%M:%S')}\x1b[0m {line}\n")
+        sys.stderr.flush()
+
+
 class Progress:
     """A one-line progress display on a terminal; silent otherwise."""
 

@@ -39,6 +39,17 @@ class Dataset:
     def vocab_size(self) -> int:
         return int(self.manifest["tokenizer"]["vocabSize"])
 
+    def check_token_range(self) -> None:
+        """Every sampled token id must be below the vocabulary size (shards and tokenizer belong together)."""
+        for split in ("train", "validation"):
+            for array in self.stream(split).arrays:
+                sample = array[: 1 << 20]
+                if len(sample) and int(sample.max()) >= self.vocab_size:
+                    raise DataError(
+                        f"{self.root}: {split} shards hold token id {int(sample.max())}, but the tokenizer has"
+                        f" {self.vocab_size} ids: shards and manifest come from different runs; rerun the DataSource"
+                    )
+
     def stream(self, split: str) -> TokenStream:
         shards = self.manifest["splits"][split]["shards"]
         arrays = []

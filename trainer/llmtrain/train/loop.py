@@ -136,6 +136,10 @@ def memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class OutOfMemory(ValueError):
+    """The configuration does not fit the device (permanent: the same spec fails the same way)."""
+
+
 def train(run: TrainingRun, options: Options) -> int:
     import warnings
 
@@ -143,6 +147,13 @@ def train(run: TrainingRun, options: Options) -> int:
     world = distributed.setup()
     try:
         return _train(run, options, world)
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        training = run.spec.training
+        raise OutOfMemory(
+            f"out of memory on {world.device} (rank {world.rank}) with microBatchSize {training.micro_batch_size},"
+            f" maxSeqLen {run.spec.model.max_seq_len}: lower spec.training.microBatchSize (raise"
+            " gradientAccumulationSteps to keep the batch), set activationCheckpointing: true, or add GPUs"
+        ) from exc
     finally:
         distributed.teardown()
 
@@ -150,6 +161,7 @@ def train(run: TrainingRun, options: Options) -> int:
 def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
     spec, training = run.spec, run.spec.training
     dataset = Dataset.open(local_dataset(options.data, options.cache))
+    dataset.check_token_range()
     config = model_config(run, dataset)
     model = build_model(config, run, world)
     fused = world.device.type == "cuda" or not world.distributed  # fused AdamW: GPUs, and unsharded CPU params
