@@ -25,31 +25,13 @@ from pathlib import Path
 import torch
 
 from llmtrain.model.flops import flops_per_token, measured_cpu_peak
+from llmtrain.model.hf import hf_model
 from llmtrain.model.llama import Llama, LlamaConfig, count_parameters
 
 CONFIG = LlamaConfig(
     vocab_size=4096, layers=4, hidden_size=256, heads=8, kv_heads=8, intermediate_size=688, max_seq_len=256
 )
 BATCH = 8
-
-
-def hf_model(config: LlamaConfig) -> torch.nn.Module:
-    from transformers import LlamaConfig as HfConfig
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM(
-        HfConfig(
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_hidden_layers=config.layers,
-            num_attention_heads=config.heads,
-            num_key_value_heads=config.kv_heads,
-            max_position_embeddings=config.max_seq_len,
-            attn_implementation="sdpa",
-            tie_word_embeddings=False,
-        )
-    )
 
 
 def step_time(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, hf: bool) -> float:

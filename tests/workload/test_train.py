@@ -62,21 +62,15 @@ def run_spec(tmp: Path, steps: int = 24, micro: int = 4, accumulation: int = 2, 
     return path
 
 
-def train_command(spec: Path, data: Path, checkpoints: Path, ranks: int = 1, *extra: str) -> list[str]:
+def train_command(
+    spec: Path, data: Path, checkpoints: Path | str, ranks: int = 1, *extra: str, outputs: Path | None = None
+) -> list[str]:
+    """The command; progress and metrics go beside `outputs` (default: the checkpoint directory)."""
+    outputs = outputs or Path(checkpoints)
     args = [
-        "-m",
-        "llmtrain.cli",
-        "train",
-        "-f",
-        str(spec),
-        "--data",
-        str(data),
-        "--checkpoints",
-        str(checkpoints),
-        "--progress",
-        str(checkpoints.parent / f"{checkpoints.name}-progress.json"),
-        "--metrics-dir",
-        str(checkpoints.parent / f"{checkpoints.name}-metrics"),
+        *("-m", "llmtrain.cli", "train", "-f", str(spec), "--data", str(data), "--checkpoints", str(checkpoints)),
+        *("--progress", str(outputs.parent / f"{outputs.name}-progress.json")),
+        *("--metrics-dir", str(outputs.parent / f"{outputs.name}-metrics")),
         *extra,
     ]
     if ranks == 1:
@@ -84,9 +78,9 @@ def train_command(spec: Path, data: Path, checkpoints: Path, ranks: int = 1, *ex
     return [*TORCHRUN, f"--nproc_per_node={ranks}", *args]
 
 
-def train(spec: Path, data: Path, checkpoints: Path, ranks: int = 1, *extra: str, env=None) -> int:
+def train(spec: Path, data: Path, checkpoints: Path | str, ranks: int = 1, *extra: str, env=None, outputs=None) -> int:
     process = subprocess.run(
-        train_command(spec, data, checkpoints, ranks, *extra),
+        train_command(spec, data, checkpoints, ranks, *extra, outputs=outputs),
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -247,28 +241,11 @@ def test_checkpoints_on_s3_resume_exactly(tmp_path, dataset, s3_server):
     env = {**s3_server.env(), "LLMTRAIN_CACHE_DIR": str(tmp_path / "cache")}
     local = tmp_path / "local"
     assert train(spec, dataset, local, 1, env=env) == 0
-    remote = "s3://checkpoints/tiny"
-    metrics = tmp_path / "s3"  # train_command derives progress/metrics paths from this name
-    command = [
-        sys.executable,
-        "-m",
-        "llmtrain.cli",
-        "train",
-        "-f",
-        str(spec),
-        "--data",
-        str(dataset),
-        "--checkpoints",
-        remote,
-        "--metrics-dir",
-        str(tmp_path / "s3-metrics"),
-    ]
-    first = subprocess.run([*command, "--stop-at-step", "10"], env={**os.environ, **env}, capture_output=True)
-    assert first.returncode == 0, first.stderr[-2000:]
+    remote, outputs = "s3://checkpoints/tiny", tmp_path / "s3"
+    assert train(spec, dataset, remote, 1, "--stop-at-step", "10", outputs=outputs, env=env) == 0
     env["LLMTRAIN_CACHE_DIR"] = str(tmp_path / "fresh-cache")  # resume reads the checkpoint back from S3
-    second = subprocess.run(command, env={**os.environ, **env}, capture_output=True)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert losses(metrics) == losses(local)
+    assert train(spec, dataset, remote, 1, outputs=outputs, env=env) == 0
+    assert losses(outputs) == losses(local)
     client = s3_server.client()
     assert client.get_object(Bucket="checkpoints", Key="tiny/latest")["Body"].read() == b"step-00000016"
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="checkpoints", Prefix="tiny/step-00000016/")["Contents"]}

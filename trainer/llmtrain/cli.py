@@ -130,6 +130,11 @@ def _train(args: argparse.Namespace) -> int:
         return _fail(exc)
 
 
+def _resource_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    parser.add_argument("-f", "--file", required=True, help=f"a YAML/JSON file holding the {kind}, or -")
+    parser.add_argument("--name", help=f"which {kind}, when the file holds several")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmtrain", description="Train large language models from scratch.")
     parser.add_argument("--version", action="version", version=f"llmtrain {__version__}")
@@ -152,8 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         " token shards plus manifest.json (last). The report is the last line of stdout (JSON). Exit codes:"
         " 0 ok, 2 bad input (permanent), 75 transient failure (retry).",
     )
-    ingest.add_argument("-f", "--file", required=True, help="a YAML/JSON file holding the DataSource, or -")
-    ingest.add_argument("--name", help="which DataSource, when the file holds several")
+    _resource_arguments(ingest, "DataSource")
     ingest.add_argument("--output", help="output URI or directory (overrides spec.output.uri)")
     ingest.add_argument("--workers", type=int, help="scan processes on this machine (default: spec.workers)")
     ingest.add_argument("--shard-index", type=int, help="scan only this part (a pod of an Indexed Job)")
@@ -169,8 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         " resuming from its latest checkpoint. Exit codes: 0 done, 2 bad input, 3 diverged (non-finite loss,"
         " last good state saved), 75 interrupted by SIGTERM after a checkpoint (rerun to resume).",
     )
-    train.add_argument("-f", "--file", required=True, help="a YAML/JSON file holding the TrainingRun, or -")
-    train.add_argument("--name", help="which TrainingRun, when the file holds several")
+    _resource_arguments(train, "TrainingRun")
     train.add_argument("--data", required=True, help="the dataset: the DataSource's output (manifest.json)")
     train.add_argument("--checkpoints", required=True, help="checkpoint URI or directory")
     train.add_argument("--progress", help="where to write the progress report (JSON)")

@@ -246,6 +246,17 @@ def write_bytes(uri: str, data: bytes, client: Any = None) -> None:
         raise
 
 
+def download_tree(uri: str, target: Path, client: Any = None) -> Path:
+    """Copy every file under `uri` into `target` (files already there with the same size are kept)."""
+    for entry in list_files(uri, client=client):
+        path = target / entry.relative
+        if not path.exists() or path.stat().st_size != entry.size:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open_read(entry.uri, client) as stream, path.open("wb") as out:
+                shutil.copyfileobj(stream, out, 1 << 20)
+    return target
+
+
 def delete(uri: str, client: Any = None) -> None:
     """Remove one object or file; missing is fine."""
     if is_s3(uri):

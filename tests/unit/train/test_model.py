@@ -8,31 +8,21 @@ import torch
 
 from llmtrain.api.trainingrun import ModelSpec, SchedulerSpec
 from llmtrain.model.flops import device_peak, flops_per_token
+from llmtrain.model.hf import hf_model
 from llmtrain.model.llama import Llama, LlamaConfig, count_parameters, default_intermediate_size
 from llmtrain.train.loader import Batches, TokenStream
 from llmtrain.train.optim import lr_factor
 
 
-def hf_twin(config: LlamaConfig):
-    from transformers import LlamaConfig as HfConfig
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM(
-        HfConfig(
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_hidden_layers=config.layers,
-            num_attention_heads=config.heads,
-            num_key_value_heads=config.kv_heads,
-            max_position_embeddings=config.max_seq_len,
-            rms_norm_eps=config.norm_eps,
-            rope_theta=config.rope_theta,
-            tie_word_embeddings=config.tie_embeddings,
-            attention_bias=False,
-            mlp_bias=False,
-        )
-    )
+def sharp(model: Llama) -> Llama:
+    """Seeded weights with large query/key projections: attention far from uniform, so that position
+    handling (RoPE) decides the logits; at the 0.02 init scale a wrong RoPE would hardly show."""
+    model.init_weights(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.self_attn.q_proj.weight.mul_(40)
+            block.self_attn.k_proj.weight.mul_(40)
+    return model
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -49,13 +39,12 @@ def test_logits_identical_to_transformers(tied, kv_heads):
         rope_theta=500000.0,
         tie_embeddings=tied,
     )
-    ours = Llama(config)
-    ours.init_weights(torch.Generator().manual_seed(0))
-    theirs = hf_twin(config)
+    ours = sharp(Llama(config))
+    theirs = hf_model(config)
     theirs.load_state_dict(ours.state_dict(), strict=True)  # the same names: export is a plain save
     tokens = torch.randint(0, 512, (3, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert torch.allclose(ours(tokens), theirs(tokens).logits, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(ours(tokens), theirs(tokens).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_a_wrong_rope_convention_would_be_caught():
@@ -63,16 +52,15 @@ def test_a_wrong_rope_convention_would_be_caught():
     config = LlamaConfig(
         vocab_size=128, layers=1, hidden_size=32, heads=2, kv_heads=2, intermediate_size=64, max_seq_len=16
     )
-    ours = Llama(config)
-    ours.init_weights(torch.Generator().manual_seed(0))
+    ours = sharp(Llama(config))
     state = ours.state_dict()
     q = state["model.layers.0.self_attn.q_proj.weight"]
     state["model.layers.0.self_attn.q_proj.weight"] = q.view(2, 2, 8, 32).transpose(1, 2).reshape(32, 32)
-    theirs = hf_twin(config)
+    theirs = hf_model(config)
     theirs.load_state_dict(state)
-    tokens = torch.randint(0, 128, (1, 16))
+    tokens = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert not torch.allclose(ours(tokens), theirs(tokens).logits, atol=1e-3)
+        assert (ours(tokens) - theirs(tokens).logits).abs().max() > 0.05
 
 
 def test_sizes_parameters_and_flops():

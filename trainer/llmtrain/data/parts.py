@@ -10,7 +10,6 @@ incomplete and is scanned again.
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -91,11 +90,7 @@ class PartReader:
     def __init__(self, uri: str, workdir: Path) -> None:
         self.uri = uri
         if storage.is_s3(uri):
-            local = Path(tempfile.mkdtemp(dir=workdir))
-            for name in FILES:
-                with storage.open_read(storage.join(uri, name)) as stream, (local / name).open("wb") as out:
-                    shutil.copyfileobj(stream, out, 1 << 20)
-            self.directory = local
+            self.directory = storage.download_tree(uri, Path(tempfile.mkdtemp(dir=workdir)))
         else:
             self.directory = storage.local_path(uri)
         with np.load(self.directory / "index.npz") as index:

@@ -98,14 +98,7 @@ class Checkpointer:
         """A local directory holding the checkpoint's files."""
         if not self.remote:
             return self.local / name
-        target = self.local / name
-        for entry in storage.list_files(storage.join(self.uri, name)):
-            path = target / entry.relative
-            if not path.exists() or path.stat().st_size != entry.size:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with storage.open_read(entry.uri) as stream, path.open("wb") as out:
-                    shutil.copyfileobj(stream, out, 1 << 20)
-        return target
+        return storage.download_tree(storage.join(self.uri, name), self.local / name)
 
     def load(self, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, expected_model: dict) -> dict:
         """Restore model, optimizer and (same world size) RNG states; returns meta.json."""

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import resource
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -63,14 +62,7 @@ def local_dataset(uri: str, cache: Path) -> Path:
     """A local directory holding the dataset: the path itself, or an S3 copy in the cache."""
     if not storage.is_s3(uri):
         return storage.local_path(uri)
-    target = cache / "datasets" / uri.replace("s3://", "").replace("/", "_")
-    for entry in storage.list_files(uri):
-        path = target / entry.relative
-        if not path.exists() or path.stat().st_size != entry.size:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with storage.open_read(entry.uri) as stream, path.open("wb") as out:
-                shutil.copyfileobj(stream, out, 1 << 20)
-    return target
+    return storage.download_tree(uri, cache / "datasets" / uri.replace("s3://", "").replace("/", "_"))
 
 
 def model_config(run: TrainingRun, dataset: Dataset) -> LlamaConfig:
