@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all lint format crds lock demo bench bench-corpora clean
+.PHONY: help install test test-all test-slow lint format crds lock demo bench bench-corpora clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ test: install ## the default test run (no slow tier): the README's test command
 
 test-all: install ## every tier, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: install ## only the slow tier (the full example training run, a few minutes)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: install ## ruff, lint and format check
 	$(BIN)/ruff check .
