@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -48,10 +49,15 @@ def audit(event: str, **fields: Any) -> None:
 
 
 def human(line: str) -> None:
-    """A plain progress line for a person at a terminal (the JSON stream carries the same figures)."""
+    """A plain progress line for a person at a terminal, or anywhere with LLMTRAIN_HUMAN_LOGS=1 (the JSON
+    stream carries the same figures)."""
     if sys.stderr.isatty():
         sys.stderr.write(f"\x1b[2m{time.strftime('%H:%M:%S')}\x1b[0m {line}\n")
-        sys.stderr.flush()
+    elif os.environ.get("LLMTRAIN_HUMAN_LOGS") == "1":
+        sys.stderr.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+    else:
+        return
+    sys.stderr.flush()
 
 
 class Progress:

@@ -52,3 +52,14 @@ def test_jsonl_tensorboard_and_prometheus(tmp_path):
     metrics.close()
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 3.5
     assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_human_progress_line_only_when_asked(monkeypatch, capsys):
+    from llmtrain import logs
+
+    monkeypatch.delenv("LLMTRAIN_HUMAN_LOGS", raising=False)
+    logs.human("step 1/2 loss 3.0")
+    assert capsys.readouterr().err == ""  # not a terminal, not asked
+    monkeypatch.setenv("LLMTRAIN_HUMAN_LOGS", "1")
+    logs.human("step 1/2 loss 3.0")
+    assert capsys.readouterr().err.endswith(" step 1/2 loss 3.0\n")

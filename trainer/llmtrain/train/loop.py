@@ -299,17 +299,13 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
             raise_alert(detector.check_throughput(step, tokens_per_second))
             window_started, window_tokens = time.perf_counter(), 0
             if world.is_main:
-                log.info(
-                    "step %d/%d loss %.4f lr %.2e grad %.3f %.0f tok/s mfu %s",
-                    completed,
-                    training.max_steps,
-                    loss_value,
-                    values["lr"],
-                    norm,
-                    tokens_per_second,
-                    f"{mfu:.1%}" if mfu else "n/a",
-                    extra={"step": completed, **{k: v for k, v in values.items() if v is not None}},
+                line = (
+                    f"step {completed}/{training.max_steps} loss {loss_value:.4f} lr {values['lr']:.2e}"
+                    f" grad {norm:.3f} {tokens_per_second:,.0f} tok/s mfu {f'{mfu:.1%}' if mfu else 'n/a'}"
+                    f" eta {format_eta(step_time * (training.max_steps - completed))}"
                 )
+                log.info(line, extra={"step": completed, **{k: v for k, v in values.items() if v is not None}})
+                logs.human(line)
         if validation and (completed % spec.validation.every_steps == 0 or completed == training.max_steps):
             figures = evaluate(model, validation, world)
             values.update({f"val/{k}": v for k, v in figures.items()})
