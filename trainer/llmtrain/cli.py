@@ -46,7 +46,7 @@ def failure_exit_code(exc: BaseException) -> int:
         return exitcodes.RETRYABLE if exc.retryable else exitcodes.BAD_INPUT
     if isinstance(exc, (SpecError, EmptyCorpus, TokenizerError, BadSpec, secrets.MissingSecret)):
         return exitcodes.BAD_INPUT
-    if type(exc).__name__ in ("DataError", "CheckpointError", "OutOfMemory"):  # the trainer's (torch-free check)
+    if type(exc).__name__ in ("DataError", "CheckpointError", "OutOfMemory", "ExportError", "ValidationFailed"):
         return exitcodes.BAD_INPUT
     return 1
 
@@ -130,6 +130,33 @@ def _train(args: argparse.Namespace) -> int:
         return _fail(exc)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from . import logs
+
+    logs.setup()
+    try:
+        from .api import ModelExport
+
+        resource = select_resource(load_resources(args.file), ModelExport, args.name)
+        from .export.pipeline import export
+
+        checkpoint = args.checkpoint or resource.spec.checkpoint_uri
+        if not checkpoint:
+            raise SpecError([], "no checkpoint: pass --checkpoint (the run's checkpoint URI) or set spec.checkpointUri")
+        output = args.output or resource.spec.output.uri
+        if not output:
+            raise SpecError([], "no output: set spec.output.uri or pass --output")
+        report = export(resource, checkpoint, args.data, output, Path(args.cache))
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        _report({"error": str(exc), "exitCode": exitcodes.BAD_INPUT})
+        return exitcodes.BAD_INPUT
+    except Exception as exc:
+        return _fail(exc)
+    _report(report)
+    return exitcodes.OK
+
+
 def _resource_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("-f", "--file", required=True, help=f"a YAML/JSON file holding the {kind}, or -")
     parser.add_argument("--name", help=f"which {kind}, when the file holds several")
@@ -183,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop-at-step", type=int, help="checkpoint and exit 0 after this step; the schedule still spans maxSteps"
     )
     train.set_defaults(handler=_train)
+
+    export = commands.add_parser(
+        "export",
+        help="run a ModelExport: write the checkpoint in deployable formats and prove each in its runtime",
+        description="Resolve the checkpoint (a directory, or the run's checkpoint root with spec.checkpoint),"
+        " write every format in spec.formats, load each in its real runtime and compare it with the training"
+        " model, then publish the artifacts and export-report.json (last; also the last stdout line)."
+        " Exit codes: 0 ok, 2 bad input or a failed deployment check, 75 transient.",
+    )
+    _resource_arguments(export, "ModelExport")
+    export.add_argument("--checkpoint", help="a checkpoint directory or the run's checkpoint root")
+    export.add_argument("--data", required=True, help="the DataSource's output: tokenizer and validation shards")
+    export.add_argument("--output", help="output URI or directory (overrides spec.output.uri)")
+    export.add_argument("--cache", default="/tmp/llmtrain-cache", help="local scratch space")
+    export.set_defaults(handler=_export)
     return parser
 
 

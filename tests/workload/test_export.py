@@ -1,0 +1,175 @@
+"""`llmtrain export` (safetensors in the Hugging Face layout, TorchScript) on a trained checkpoint, each
+artifact loaded in its real runtime and compared with the training model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from support.ingest import data_source, run_ingest, write_spec
+from support.paths import ROOT
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(dataset, checkpoint root) of a tiny model trained for 16 steps."""
+    root = tmp_path_factory.mktemp("export")
+    (root / "data").mkdir()
+    for path in sorted((ROOT / "examples/data/shakespeare").glob("*.txt"))[:4]:
+        (root / "data" / path.name).write_bytes(path.read_bytes())
+    assert (
+        run_ingest(
+            "-f", str(write_spec(root, data_source(tokenizer={"vocabSize": 512}))), "--output", str(root / "dataset")
+        ).code
+        == 0
+    )
+    run = {
+        "apiVersion": "llmtrain.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "dataSourceRef": {"name": "corpus"},
+            "model": {
+                "layers": 2,
+                "hiddenSize": 64,
+                "heads": 4,
+                "kvHeads": 2,
+                "intermediateSize": 128,
+                "maxSeqLen": 64,
+            },
+            "training": {"maxSteps": 16, "microBatchSize": 4, "precision": "fp32", "optimizer": {"lr": 0.003}},
+            "validation": {"everySteps": 8, "batches": 2},
+            "checkpointing": {"everySteps": 8, "keepLast": 3},
+        },
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(run))
+    command = [
+        sys.executable,
+        "-m",
+        "llmtrain.cli",
+        "train",
+        "-f",
+        str(root / "run.yaml"),
+        "--data",
+        str(root / "dataset"),
+        "--checkpoints",
+        str(root / "ckpt"),
+    ]
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    return root / "dataset", root / "ckpt"
+
+
+def export(tmp_path: Path, data: Path, checkpoint_root: Path, **spec) -> tuple[int, dict, str]:
+    resource = {
+        "apiVersion": "llmtrain.dev/v1alpha1",
+        "kind": "ModelExport",
+        "metadata": {"name": "tiny-export"},
+        "spec": {
+            "checkpointUri": str(checkpoint_root),
+            "dataSourceRef": {"name": "corpus"},
+            "formats": ["safetensors", "torchscript"],
+            **spec,
+        },
+    }
+    (tmp_path / "export.yaml").write_text(yaml.safe_dump(resource))
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmtrain.cli",
+            "export",
+            "-f",
+            str(tmp_path / "export.yaml"),
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return process.returncode, json.loads(process.stdout.strip().splitlines()[-1]), process.stderr
+
+
+def test_export_and_prove_in_transformers_and_torchscript(tmp_path, trained):
+    data, checkpoints = trained
+    code, report, stderr = export(tmp_path, data, checkpoints)
+    assert code == 0, stderr
+    assert report["passed"] and report["checkpoint"]["step"] == 16
+    assert json.loads((tmp_path / "out/export-report.json").read_text()) == report
+    by_format = {a["format"]: a for a in report["artifacts"]}
+    assert by_format["safetensors"]["validation"]["tokenizerMatch"] is True
+    for artifact in by_format.values():
+        assert artifact["validation"]["greedyMatch"] is True and artifact["validation"]["maxRelativeError"] <= 1e-3
+        assert artifact["bytes"] > 100_000 and len(artifact["sha256"]) == 64
+    names = sorted(p.name for p in (tmp_path / "out/hf").iterdir())
+    assert names == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # a user's offline load
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out/hf", local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out/hf", local_files_only=True)
+    ids = tokenizer("To be, or not to be", return_tensors="pt").input_ids
+    assert model(ids).logits.shape == (1, ids.shape[1], 512)
+    assert torch.jit.load(str(tmp_path / "out/model.torchscript.pt"))(ids).shape == (1, ids.shape[1], 512)
+
+
+@pytest.mark.parametrize(("select", "step"), [("latest", 16), ("best", 16), ("step", 8)])
+def test_checkpoint_selection(tmp_path, trained, select, step):
+    data, checkpoints = trained
+    spec = {"checkpoint": select, "formats": ["torchscript"], **({"step": 8} if select == "step" else {})}
+    code, report, stderr = export(tmp_path, data, checkpoints, **spec)
+    assert code == 0, stderr
+    assert report["checkpoint"]["step"] == step
+
+
+def test_a_wrong_qk_permutation_is_caught(tmp_path, trained):
+    """The check cannot pass vacuously: q/k rows permuted into llama.cpp's interleaved order fail it."""
+    from safetensors.torch import load_file, save_file
+
+    from llmtrain.data import tokenizer as tokenizers
+    from llmtrain.export import hf
+    from llmtrain.export.checkpoint import load, resolve
+    from llmtrain.train.loader import Dataset
+
+    data, checkpoints = trained
+    model = load(resolve(str(checkpoints)), tmp_path)
+    with torch.no_grad():  # sharpen attention so that position handling decides the logits
+        for block in model.model.layers:
+            block.self_attn.q_proj.weight.mul_(40)
+            block.self_attn.k_proj.weight.mul_(40)
+    dataset = Dataset.open(data)
+    out = hf.write(model, data / "tokenizer", tmp_path / "hf")
+    prompts = [dataset.stream("validation").window(0, 48).tolist()]
+    tok = tokenizers.load(data / "tokenizer")
+    assert hf.validate(out, model, prompts, ["a few words"], tok, 16, 1e-3)["passed"]
+    weights = load_file(out / "model.safetensors")
+    for name in [k for k in weights if k.endswith(("q_proj.weight", "k_proj.weight"))]:
+        rows = weights[name]
+        heads = rows.shape[0] // 16
+        weights[name] = rows.view(heads, 2, 8, 64).transpose(1, 2).reshape(rows.shape).contiguous()
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    result = hf.validate(out, model, prompts, ["a few words"], tok, 16, 1e-3)
+    assert not result["passed"] and result["maxRelativeError"] > 1e-3
+
+
+def test_bad_inputs(tmp_path, trained):
+    data, checkpoints = trained
+    code, report, _ = export(tmp_path, data, tmp_path / "no-run")
+    assert code == 2 and "no 'latest' pointer (no checkpoint has been saved yet)" in report["error"]
+    code, report, _ = export(tmp_path, data, checkpoints, formats=["gguf"])
+    assert code == 2 and "only safetensors and torchscript" in report["error"]
+    code, report, _ = export(tmp_path, data, checkpoints, checkpoint="step", step=3)
+    assert code == 2 and "step-00000003: no complete checkpoint there" in report["error"]
+    assert not (tmp_path / "out/export-report.json").exists()

@@ -1,0 +1,101 @@
+"""`llmtrain export`: resolve the checkpoint, write each format, prove each artifact, publish, report last.
+
+Artifacts are written to a local staging directory and validated there; only then are they uploaded
+(each file atomically), and the report (`export-report.json`) is written last, so a report never names
+an incomplete artifact. A failed validation fails the export (the report says which check failed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import logs, storage
+from ..api.modelexport import ModelExport
+from ..data import tokenizer as tokenizers
+from ..train.loader import Dataset
+from . import hf, torchscript
+from .artifacts import Artifact
+from .checkpoint import ExportError, check_spec, load, resolve
+
+REPORT = "export-report.json"
+BUILT = ("safetensors", "torchscript")
+
+
+class ValidationFailed(Exception):
+    """An artifact failed its deployment check (permanent: the same checkpoint fails the same way)."""
+
+
+def _prompts(dataset: Dataset, max_len: int) -> list[list[int]]:
+    """Fixed prompts from the validation split, of three lengths."""
+    stream = dataset.stream("validation")
+    lengths = [min(n, max_len) for n in (8, 24, 48)]
+    return [stream.window(i * 64, n).tolist() for i, n in enumerate(lengths)]
+
+
+def _corpus(dataset: Dataset, tokenizer: Any, count: int = 16) -> list[str]:
+    stream = dataset.stream("validation")
+    return [tokenizer.decode(stream.window(i * 97, 40).tolist()) for i in range(count)]
+
+
+def export(resource: ModelExport, checkpoint_uri: str, data: str, output: str, cache: Path) -> dict[str, Any]:
+    spec = resource.spec
+    unsupported = [f for f in spec.formats if f not in BUILT]
+    if unsupported or spec.quantization != "none":
+        raise ExportError(
+            f"spec.formats {unsupported or ''} / quantization {spec.quantization}: only safetensors and torchscript"
+            " without quantization are built so far"
+        )
+    found = resolve(checkpoint_uri, spec.checkpoint, spec.step)
+    logs.audit("ExportStarted", export=resource.name, checkpoint=found.uri, step=found.step)
+    dataset = Dataset.open(storage.local_path(data))
+    model = load(found, cache)
+    if model.config.vocab_size != dataset.vocab_size:
+        raise ExportError(
+            f"the checkpoint's vocabulary ({model.config.vocab_size}) is not the dataset's"
+            f" ({dataset.vocab_size}): --data must be the DataSource the run trained on"
+        )
+    check_spec(model, None)
+    tokenizer_dir = dataset.root / dataset.manifest["tokenizer"]["path"]
+    training_tokenizer = tokenizers.load(tokenizer_dir)
+    prompts = _prompts(dataset, model.config.max_seq_len)
+    corpus = _corpus(dataset, training_tokenizer)
+    limits = spec.validate_
+    storage.delete(storage.join(output, REPORT))
+    staging = Path(tempfile.mkdtemp(prefix="llmtrain-export-", dir=cache if cache.exists() else None))
+    artifacts: list[Artifact] = []
+    try:
+        for fmt in spec.formats:
+            started = time.monotonic()
+            if fmt == "safetensors":
+                path = hf.write(model, tokenizer_dir, staging / "hf")
+                check = hf.validate(
+                    path, model, prompts, corpus, training_tokenizer, limits.greedy_tokens, limits.max_relative_error
+                )
+                artifacts.append(Artifact("safetensors", "none", path, "hf", check))
+            elif fmt == "torchscript":
+                path = torchscript.write(model, staging / "model.torchscript.pt")
+                check = torchscript.validate(path, model, prompts, limits.greedy_tokens, limits.max_relative_error)
+                artifacts.append(Artifact("torchscript", "none", path, "model.torchscript.pt", check))
+            artifacts[-1].validation["seconds"] = round(time.monotonic() - started, 2)
+        failed = [a for a in artifacts if not a.passed]
+        published = [a.publish(output) for a in artifacts]
+        report = {
+            "export": resource.name,
+            "checkpoint": {"uri": found.uri, "step": found.step},
+            "artifacts": published,
+            "passed": not failed,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        storage.write_bytes(storage.join(output, REPORT), json.dumps(report, indent=2).encode())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if failed:
+        reasons = "; ".join(f"{a.format}: {a.validation.get('message')}" for a in failed)
+        raise ValidationFailed(f"deployment check failed: {reasons} (report: {storage.join(output, REPORT)})")
+    logs.audit("ExportFinished", export=resource.name, artifacts=len(published))
+    return report
