@@ -125,6 +125,25 @@ def test_export_and_prove_in_transformers_and_torchscript(tmp_path, trained):
     assert torch.jit.load(str(tmp_path / "out/model.torchscript.pt"))(ids).shape == (1, ids.shape[1], 512)
 
 
+def test_onnx_and_int8_in_onnxruntime(tmp_path, trained):
+    data, checkpoints = trained
+    code, report, stderr = export(
+        tmp_path, data, checkpoints, formats=["onnx"], quantization="int8", validate={"maxPerplexityIncrease": 0.05}
+    )
+    assert code == 0, stderr
+    full, int8 = report["artifacts"]
+    assert (full["format"], full["quantization"], int8["quantization"]) == ("onnx", "none", "int8")
+    assert full["validation"]["maxRelativeError"] < 1e-4 and full["validation"]["greedyMatch"]
+    assert int8["validation"]["passed"] and 0 <= abs(int8["validation"]["perplexityIncrease"]) <= 0.05
+    assert int8["bytes"] < full["bytes"] / 2  # weights as int8; small models keep more fp32 overhead
+    from llmtrain.export import onnx
+
+    windows = [[5, 6, 7, 8, 9, 10, 11, 12]] * 2
+    out = tmp_path / "out"
+    verdict = onnx.validate_quantized(out / "model.int8.onnx", out / "model.onnx", windows, max_increase=-1.0)
+    assert not verdict["passed"] and "above full precision" in verdict["message"]
+
+
 @pytest.mark.parametrize(("select", "step"), [("latest", 16), ("best", 16), ("step", 8)])
 def test_checkpoint_selection(tmp_path, trained, select, step):
     data, checkpoints = trained
@@ -169,7 +188,7 @@ def test_bad_inputs(tmp_path, trained):
     code, report, _ = export(tmp_path, data, tmp_path / "no-run")
     assert code == 2 and "no 'latest' pointer (no checkpoint has been saved yet)" in report["error"]
     code, report, _ = export(tmp_path, data, checkpoints, formats=["gguf"])
-    assert code == 2 and "only safetensors and torchscript" in report["error"]
+    assert code == 2 and "built so far are safetensors, torchscript and onnx" in report["error"]
     code, report, _ = export(tmp_path, data, checkpoints, checkpoint="step", step=3)
     assert code == 2 and "step-00000003: no complete checkpoint there" in report["error"]
     assert not (tmp_path / "out/export-report.json").exists()

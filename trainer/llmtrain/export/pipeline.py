@@ -18,12 +18,12 @@ from .. import logs, storage
 from ..api.modelexport import ModelExport
 from ..data import tokenizer as tokenizers
 from ..train.loader import Dataset
-from . import hf, torchscript
+from . import hf, onnx, torchscript
 from .artifacts import Artifact
 from .checkpoint import ExportError, check_spec, load, resolve
 
 REPORT = "export-report.json"
-BUILT = ("safetensors", "torchscript")
+BUILT = ("safetensors", "torchscript", "onnx")
 
 
 class ValidationFailed(Exception):
@@ -37,6 +37,14 @@ def _prompts(dataset: Dataset, max_len: int) -> list[list[int]]:
     return [stream.window(i * 64, n).tolist() for i, n in enumerate(lengths)]
 
 
+def _windows(dataset: Dataset, max_len: int, count: int = 16) -> list[list[int]]:
+    """Validation windows for perplexity (the quantized artifacts' check)."""
+    stream = dataset.stream("validation")
+    length = min(max_len, 128) + 1
+    available = max(1, (len(stream) - 1) // length)
+    return [stream.window(i * length, length).tolist() for i in range(min(count, available))]
+
+
 def _corpus(dataset: Dataset, tokenizer: Any, count: int = 16) -> list[str]:
     stream = dataset.stream("validation")
     return [tokenizer.decode(stream.window(i * 97, 40).tolist()) for i in range(count)]
@@ -45,10 +53,10 @@ def _corpus(dataset: Dataset, tokenizer: Any, count: int = 16) -> list[str]:
 def export(resource: ModelExport, checkpoint_uri: str, data: str, output: str, cache: Path) -> dict[str, Any]:
     spec = resource.spec
     unsupported = [f for f in spec.formats if f not in BUILT]
-    if unsupported or spec.quantization != "none":
+    if unsupported or spec.quantization not in ("none", "int8"):
         raise ExportError(
-            f"spec.formats {unsupported or ''} / quantization {spec.quantization}: only safetensors and torchscript"
-            " without quantization are built so far"
+            f"spec.formats {unsupported or ''} / quantization {spec.quantization}: built so far are safetensors,"
+            " torchscript and onnx, with int8 (ONNX dynamic INT8) as the only quantization"
         )
     found = resolve(checkpoint_uri, spec.checkpoint, spec.step)
     logs.audit("ExportStarted", export=resource.name, checkpoint=found.uri, step=found.step)
@@ -77,6 +85,15 @@ def export(resource: ModelExport, checkpoint_uri: str, data: str, output: str, c
                     path, model, prompts, corpus, training_tokenizer, limits.greedy_tokens, limits.max_relative_error
                 )
                 artifacts.append(Artifact("safetensors", "none", path, "hf", check))
+            elif fmt == "onnx":
+                path = onnx.write(model, staging / "model.onnx")
+                check = onnx.validate(path, model, prompts, limits.greedy_tokens, limits.max_relative_error)
+                artifacts.append(Artifact("onnx", "none", path, "model.onnx", check))
+                if spec.quantization == "int8":
+                    quantized = onnx.quantize_int8(path, staging / "model.int8.onnx")
+                    windows = _windows(dataset, model.config.max_seq_len)
+                    check = onnx.validate_quantized(quantized, path, windows, limits.max_perplexity_increase)
+                    artifacts.append(Artifact("onnx", "int8", quantized, "model.int8.onnx", check))
             elif fmt == "torchscript":
                 path = torchscript.write(model, staging / "model.torchscript.pt")
                 check = torchscript.validate(path, model, prompts, limits.greedy_tokens, limits.max_relative_error)
