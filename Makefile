@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+LLAMA_CPP_VERSION := 0.3.36
+WHEELS ?= $(HOME)/.cache/llmtrain-wheels
 
-.PHONY: help install test test-all test-slow lint format crds lock demo bench bench-corpora clean
+.PHONY: help install test test-all test-slow lint format crds lock demo bench bench-corpora llama-cpp clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +28,12 @@ test-all: install ## every tier, slow ones included
 test-slow: install ## only the slow tier (the full example training run, a few minutes)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+llama-cpp: install ## llama-cpp-python for the GGUF checks: from the wheel cache, else built from source (~7 min)
+	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || { mkdir -p $(WHEELS) && \
+	  CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip wheel --quiet --no-deps \
+	  llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(WHEELS); }
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+
 lint: install ## ruff, lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -40,7 +48,7 @@ crds: install ## regenerate crds/*.yaml and docs/api.md from the pydantic models
 lock: ## resolve pyproject.toml afresh (no constraints) and re-pin constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e ".[operator,train,dev]"
-	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' \
+	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v -e '^-e' -e ' @ file:' \
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
 	touch $(VENV)/.installed
 

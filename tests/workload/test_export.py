@@ -187,8 +187,56 @@ def test_bad_inputs(tmp_path, trained):
     data, checkpoints = trained
     code, report, _ = export(tmp_path, data, tmp_path / "no-run")
     assert code == 2 and "no 'latest' pointer (no checkpoint has been saved yet)" in report["error"]
-    code, report, _ = export(tmp_path, data, checkpoints, formats=["gguf"])
-    assert code == 2 and "built so far are safetensors, torchscript and onnx" in report["error"]
     code, report, _ = export(tmp_path, data, checkpoints, checkpoint="step", step=3)
     assert code == 2 and "step-00000003: no complete checkpoint there" in report["error"]
     assert not (tmp_path / "out/export-report.json").exists()
+
+
+@pytest.fixture
+def llama_cpp():
+    return pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed: `make llama-cpp` builds it (about 7 minutes)"
+    )
+
+
+@pytest.mark.parametrize(("quantization", "tensor_type", "budget"), [("q8_0", "Q8_0", 0.01), ("int4", "Q4_0", 0.1)])
+def test_gguf_in_llama_cpp(tmp_path, trained, llama_cpp, quantization, tensor_type, budget):
+    data, checkpoints = trained
+    code, report, stderr = export(
+        tmp_path,
+        data,
+        checkpoints,
+        formats=["gguf"],
+        quantization=quantization,
+        validate={"maxPerplexityIncrease": budget},
+    )
+    assert code == 0, stderr
+    full, quantized = report["artifacts"]
+    assert full["validation"]["tensorType"] == "F32" and full["validation"]["runtime"].startswith("llama.cpp")
+    assert full["validation"]["maxRelativeError"] < 1e-3 and full["validation"]["greedyMatch"]
+    assert full["validation"]["tokenizerMatch"]
+    assert quantized["quantization"] == tensor_type.lower() and quantized["validation"]["tensorType"] == tensor_type
+    assert 0 <= abs(quantized["validation"]["perplexityIncrease"]) <= budget
+    assert quantized["bytes"] < full["bytes"]
+
+
+def test_gguf_without_the_rope_permutation_is_caught(tmp_path, trained, llama_cpp, monkeypatch):
+    from llmtrain.data import tokenizer as tokenizers
+    from llmtrain.export import gguf
+    from llmtrain.export.checkpoint import load, resolve
+    from llmtrain.train.loader import Dataset
+
+    data, checkpoints = trained
+    model = load(resolve(str(checkpoints)), tmp_path)
+    with torch.no_grad():  # sharp attention: position handling decides the logits
+        for block in model.model.layers:
+            block.self_attn.q_proj.weight.mul_(40)
+            block.self_attn.k_proj.weight.mul_(40)
+    prompts = [Dataset.open(data).stream("validation").window(0, 48).tolist()]
+    tok = tokenizers.load(data / "tokenizer")
+    good = gguf.write(model, data / "tokenizer", tmp_path / "good.gguf", "f32")
+    assert gguf.validate(good, model, prompts, ["some words"], tok, 8, 1e-3)["passed"]
+    monkeypatch.setattr(gguf, "interleave", lambda weight, heads: weight)
+    bad = gguf.write(model, data / "tokenizer", tmp_path / "bad.gguf", "f32")
+    result = gguf.validate(bad, model, prompts, ["some words"], tok, 8, 1e-3)
+    assert not result["passed"] and result["maxRelativeError"] > 1e-2

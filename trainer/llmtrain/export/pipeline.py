@@ -18,12 +18,14 @@ from .. import logs, storage
 from ..api.modelexport import ModelExport
 from ..data import tokenizer as tokenizers
 from ..train.loader import Dataset
-from . import hf, onnx, torchscript
+from . import gguf, hf, onnx, torchscript
 from .artifacts import Artifact
 from .checkpoint import ExportError, check_spec, load, resolve
 
 REPORT = "export-report.json"
-BUILT = ("safetensors", "torchscript", "onnx")
+BUILT = ("safetensors", "torchscript", "onnx", "gguf")
+#: The GGUF tensor type each quantization asks for.
+GGUF_TYPES = {"int8": "q8_0", "q8_0": "q8_0", "int4": "q4_0", "q4_0": "q4_0"}
 
 
 class ValidationFailed(Exception):
@@ -53,11 +55,8 @@ def _corpus(dataset: Dataset, tokenizer: Any, count: int = 16) -> list[str]:
 def export(resource: ModelExport, checkpoint_uri: str, data: str, output: str, cache: Path) -> dict[str, Any]:
     spec = resource.spec
     unsupported = [f for f in spec.formats if f not in BUILT]
-    if unsupported or spec.quantization not in ("none", "int8"):
-        raise ExportError(
-            f"spec.formats {unsupported or ''} / quantization {spec.quantization}: built so far are safetensors,"
-            " torchscript and onnx, with int8 (ONNX dynamic INT8) as the only quantization"
-        )
+    if unsupported:
+        raise ExportError(f"spec.formats: {unsupported} cannot be exported")
     found = resolve(checkpoint_uri, spec.checkpoint, spec.step)
     logs.audit("ExportStarted", export=resource.name, checkpoint=found.uri, step=found.step)
     dataset = Dataset.open(storage.local_path(data))
@@ -94,6 +93,34 @@ def export(resource: ModelExport, checkpoint_uri: str, data: str, output: str, c
                     windows = _windows(dataset, model.config.max_seq_len)
                     check = onnx.validate_quantized(quantized, path, windows, limits.max_perplexity_increase)
                     artifacts.append(Artifact("onnx", "int8", quantized, "model.int8.onnx", check))
+            elif fmt == "gguf":
+                gguf.check_quantizable(model, GGUF_TYPES.get(spec.quantization, "f32"))
+                path = gguf.write(model, tokenizer_dir, staging / "model-f32.gguf", "f32")
+                check = gguf.validate(
+                    path, model, prompts, corpus, training_tokenizer, limits.greedy_tokens, limits.max_relative_error
+                )
+                artifacts.append(Artifact("gguf", "none", path, "model-f32.gguf", {**check, "tensorType": "F32"}))
+                kind = GGUF_TYPES.get(spec.quantization)
+                if kind:
+                    quantized = gguf.write(model, tokenizer_dir, staging / f"model-{kind}.gguf", kind)
+                    windows = _windows(dataset, model.config.max_seq_len)
+                    context = model.config.max_seq_len
+                    reference = gguf.perplexity(path, windows, context)
+                    measured = gguf.perplexity(quantized, windows, context)
+                    increase = measured / reference - 1
+                    check = {
+                        "runtime": check["runtime"],
+                        "tensorType": kind.upper(),
+                        "perplexity": measured,
+                        "perplexityIncrease": increase,
+                        "passed": increase <= limits.max_perplexity_increase,
+                    }
+                    if not check["passed"]:
+                        check["message"] = (
+                            f"validation perplexity {measured:.3f} is {increase:.1%} above F32"
+                            f" ({reference:.3f}); limit {limits.max_perplexity_increase:.1%}"
+                        )
+                    artifacts.append(Artifact("gguf", kind, quantized, f"model-{kind}.gguf", check))
             elif fmt == "torchscript":
                 path = torchscript.write(model, staging / "model.torchscript.pt")
                 check = torchscript.validate(path, model, prompts, limits.greedy_tokens, limits.max_relative_error)
