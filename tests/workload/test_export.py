@@ -240,3 +240,23 @@ def test_gguf_without_the_rope_permutation_is_caught(tmp_path, trained, llama_cp
     bad = gguf.write(model, data / "tokenizer", tmp_path / "bad.gguf", "f32")
     result = gguf.validate(bad, model, prompts, ["some words"], tok, 8, 1e-3)
     assert not result["passed"] and result["maxRelativeError"] > 1e-2
+
+
+def test_quantization_block_size_and_spec_shape_are_checked(tmp_path, trained):
+    from llmtrain.export.checkpoint import ExportError, check_spec
+    from llmtrain.export.gguf import check_quantizable
+    from llmtrain.model.llama import Llama, LlamaConfig
+
+    odd = Llama(
+        LlamaConfig(vocab_size=64, layers=1, hidden_size=48, heads=2, kv_heads=2, intermediate_size=96, max_seq_len=16)
+    )
+    with pytest.raises(ExportError, match=r"multiples of 32; \{'hiddenSize': 48\}"):
+        check_quantizable(odd, "q4_0")
+    check_quantizable(odd, "f32")  # full precision has no block size
+    with pytest.raises(ExportError, match="does not match the TrainingRun's spec"):
+        check_spec(
+            odd,
+            LlamaConfig(
+                vocab_size=64, layers=2, hidden_size=48, heads=2, kv_heads=2, intermediate_size=96, max_seq_len=16
+            ),
+        )

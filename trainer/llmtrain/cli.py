@@ -137,8 +137,13 @@ def _export(args: argparse.Namespace) -> int:
     try:
         from .api import ModelExport
 
-        resource = select_resource(load_resources(args.file), ModelExport, args.name)
+        resources = load_resources(args.file)
+        resource = select_resource(resources, ModelExport, args.name)
         from .export.pipeline import export
+
+        runs = {r.name: r for r in resources if r.KIND == "TrainingRun"}
+        ref = resource.spec.training_run_ref
+        run_model = runs[ref.name].spec.model if ref is not None and ref.name in runs else None
 
         checkpoint = args.checkpoint or resource.spec.checkpoint_uri
         if not checkpoint:
@@ -146,7 +151,7 @@ def _export(args: argparse.Namespace) -> int:
         output = args.output or resource.spec.output.uri
         if not output:
             raise SpecError([], "no output: set spec.output.uri or pass --output")
-        report = export(resource, checkpoint, args.data, output, Path(args.cache))
+        report = export(resource, checkpoint, args.data, output, Path(args.cache), run_model)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         _report({"error": str(exc), "exitCode": exitcodes.BAD_INPUT})

@@ -142,7 +142,10 @@ def write(model: Llama, tokenizer_dir: Path, out: Path, kind: str = "f32") -> Pa
 
 
 def _load(path: Path, context: int) -> Any:
-    from llama_cpp import Llama as LlamaCpp
+    try:
+        from llama_cpp import Llama as LlamaCpp
+    except ImportError:
+        raise ExportError("checking a GGUF export needs llama-cpp-python: `make llama-cpp` installs it") from None
 
     # an F32 key/value cache: the check measures the exported weights, not the runtime's cache precision
     return LlamaCpp(
@@ -173,9 +176,9 @@ def validate(
     greedy_tokens: int,
     max_relative_error: float,
 ) -> dict[str, Any]:
+    runtime = _load(out, model.config.max_seq_len)  # a clear error when llama-cpp-python is missing
     import llama_cpp
 
-    runtime = _load(out, model.config.max_seq_len)
     worst = 0.0
     for prompt in prompts:
         ours = model(torch.tensor([prompt]))[0]

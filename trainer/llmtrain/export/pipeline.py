@@ -16,7 +16,9 @@ from typing import Any
 
 from .. import logs, storage
 from ..api.modelexport import ModelExport
+from ..api.trainingrun import ModelSpec
 from ..data import tokenizer as tokenizers
+from ..model.llama import LlamaConfig
 from ..train.loader import Dataset
 from . import gguf, hf, onnx, torchscript
 from .artifacts import Artifact
@@ -52,7 +54,10 @@ def _corpus(dataset: Dataset, tokenizer: Any, count: int = 16) -> list[str]:
     return [tokenizer.decode(stream.window(i * 97, 40).tolist()) for i in range(count)]
 
 
-def export(resource: ModelExport, checkpoint_uri: str, data: str, output: str, cache: Path) -> dict[str, Any]:
+def export(
+    resource: ModelExport, checkpoint_uri: str, data: str, output: str, cache: Path, run_model: ModelSpec | None = None
+) -> dict[str, Any]:
+    """Export; `run_model` (the TrainingRun's spec.model, when known) must describe the checkpoint."""
     spec = resource.spec
     unsupported = [f for f in spec.formats if f not in BUILT]
     if unsupported:
@@ -66,7 +71,7 @@ def export(resource: ModelExport, checkpoint_uri: str, data: str, output: str, c
             f"the checkpoint's vocabulary ({model.config.vocab_size}) is not the dataset's"
             f" ({dataset.vocab_size}): --data must be the DataSource the run trained on"
         )
-    check_spec(model, None)
+    check_spec(model, LlamaConfig.from_spec(run_model, dataset.vocab_size) if run_model else None)
     tokenizer_dir = dataset.root / dataset.manifest["tokenizer"]["path"]
     training_tokenizer = tokenizers.load(tokenizer_dir)
     prompts = _prompts(dataset, model.config.max_seq_len)
