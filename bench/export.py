@@ -1,6 +1,6 @@
 """Export benchmarks.
 
-1. Time and size per format for a ~10M-parameter model (6 layers x 384, vocabulary 8,192; random
+1. Time and size per format for a ~10M-parameter model (6 layers x 384, the example's vocabulary; random
    weights: time and size do not depend on training), each artifact's deployment check included.
 2. Perplexity deltas of the quantized artifacts (GGUF Q8_0 and Q4_0 in llama.cpp, ONNX INT8 in
    onnxruntime) on the trained example model (examples/run.yaml, trained here when no checkpoint is given).

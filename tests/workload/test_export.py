@@ -16,19 +16,13 @@ from support.ingest import data_source, run_ingest, write_spec
 from support.paths import ROOT
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
+def train_tiny(root: Path, tokenizer: dict) -> tuple[Path, Path]:
     """(dataset, checkpoint root) of a tiny model trained for 16 steps."""
-    root = tmp_path_factory.mktemp("export")
     (root / "data").mkdir()
     for path in sorted((ROOT / "examples/data/shakespeare").glob("*.txt"))[:4]:
         (root / "data" / path.name).write_bytes(path.read_bytes())
-    assert (
-        run_ingest(
-            "-f", str(write_spec(root, data_source(tokenizer={"vocabSize": 512}))), "--output", str(root / "dataset")
-        ).code
-        == 0
-    )
+    spec = write_spec(root, data_source(tokenizer=tokenizer))
+    assert run_ingest("-f", str(spec), "--output", str(root / "dataset")).code == 0
     run = {
         "apiVersion": "llmtrain.dev/v1alpha1",
         "kind": "TrainingRun",
@@ -63,6 +57,16 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     ]
     assert subprocess.run(command, capture_output=True).returncode == 0
     return root / "dataset", root / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    return train_tiny(tmp_path_factory.mktemp("export"), {"vocabSize": 512})
+
+
+@pytest.fixture(scope="module")
+def trained_unigram(tmp_path_factory) -> tuple[Path, Path]:
+    return train_tiny(tmp_path_factory.mktemp("unigram"), {"type": "unigram", "vocabSize": 512})
 
 
 def export(tmp_path: Path, data: Path, checkpoint_root: Path, **spec) -> tuple[int, dict, str]:
@@ -260,3 +264,15 @@ def test_quantization_block_size_and_spec_shape_are_checked(tmp_path, trained):
                 vocab_size=64, layers=2, hidden_size=48, heads=2, kv_heads=2, intermediate_size=96, max_seq_len=16
             ),
         )
+
+
+def test_sentencepiece_unigram_exports_to_the_hf_layout_but_not_gguf(tmp_path, trained_unigram):
+    """A unigram tokenizer goes into the HF layout as an equivalent tokenizers Unigram that must tokenize
+    exactly like the training SentencePiece model; GGUF refuses it (llama.cpp would tokenize it differently)."""
+    data, checkpoints = trained_unigram
+    code, report, stderr = export(tmp_path, data, checkpoints, formats=["safetensors", "onnx"])
+    assert code == 0, stderr
+    hf_artifact = report["artifacts"][0]
+    assert hf_artifact["validation"]["tokenizerMatch"] is True and hf_artifact["validation"]["passed"]
+    code, report, _ = export(tmp_path, data, checkpoints, formats=["gguf"])
+    assert code == 2 and "GGUF cannot carry a unigram tokenizer" in report["error"]

@@ -53,12 +53,13 @@ class Tokenizer:
         return self._backend.decode(ids)
 
     def files(self) -> list[str]:
-        return ["tokenizer.model" if self.kind == "unigram" else "tokenizer.json", META_FILE]
+        return (["tokenizer.model"] if self.kind == "unigram" else []) + ["tokenizer.json", META_FILE]
 
     def save(self, directory: Path) -> list[str]:
         directory.mkdir(parents=True, exist_ok=True)
         if self.kind == "unigram":
             (directory / "tokenizer.model").write_bytes(self._backend.serialized_model_proto())
+            unigram_as_hf(self._backend).save(str(directory / "tokenizer.json"))
         else:
             self._backend.save(str(directory / "tokenizer.json"))
         meta = {
@@ -154,6 +155,21 @@ def _train_unigram(spec: TokenizerSpec, special: dict[str, str], texts: Iterable
             ) from None
         raise
     return Tokenizer("unigram", spm.SentencePieceProcessor(model_proto=model.getvalue()), special)
+
+
+def unigram_as_hf(processor: Any) -> Any:
+    """The SentencePiece unigram model as an HF `tokenizers` Unigram that encodes identically (identity
+    normalization, a dummy prefix, spaces as U+2581, byte fallback), for the Hugging Face layout."""
+    from tokenizers import Tokenizer as HfTokenizer
+    from tokenizers import decoders, models, normalizers
+
+    vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
+    backend = HfTokenizer(models.Unigram(vocab, unk_id=SPECIAL_ORDER.index("unk"), byte_fallback=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return backend
 
 
 def load(directory: Path) -> Tokenizer:

@@ -1,4 +1,4 @@
-"""GGUF for llama.cpp: llama architecture metadata, the tokenizer embedded, F32/F16/Q8_0/Q4_0 tensors,
+"""GGUF for llama.cpp: llama architecture metadata, the tokenizer embedded (byte-level BPE), F32/F16/Q8_0/Q4_0 tensors,
 proven by loading the file in llama.cpp (llama-cpp-python) and comparing with the training model.
 
 Tensor names follow llama.cpp's converter (`model.embed_tokens` → `token_embd`, `...self_attn.q_proj` →
@@ -68,17 +68,32 @@ def check_quantizable(model: Llama, kind: str) -> None:
 
 
 def _tokenizer(writer: Any, tokenizer_dir: Path) -> None:
+    meta = json.loads((tokenizer_dir / "tokenizer_meta.json").read_text())
+    ids = {n: meta["specialTokens"][n]["id"] for n in ("bos", "eos", "pad", "unk")}
+    if meta["type"] != "bpe":
+        # llama.cpp runs SentencePiece models with the BPE algorithm ("llama") or as unigram without byte
+        # fallback ("t5"), and has no WordPiece: neither reproduces our unigram or WordPiece token ids
+        raise ExportError(
+            f"GGUF cannot carry a {meta['type']} tokenizer that llama.cpp reproduces exactly: use tokenizer.type"
+            " bpe for GGUF exports (safetensors, ONNX and TorchScript take any tokenizer)"
+        )
+    _byte_level_bpe(writer, tokenizer_dir, set(ids.values()))
+    writer.add_bos_token_id(ids["bos"])
+    writer.add_eos_token_id(ids["eos"])
+    writer.add_pad_token_id(ids["pad"])
+    writer.add_unk_token_id(ids["unk"])
+    writer.add_add_bos_token(False)
+
+
+def _byte_level_bpe(writer: Any, tokenizer_dir: Path, specials: set[int]) -> None:
+    """A byte-level BPE as llama.cpp's `gpt2` tokenizer with the `gpt-2` pre-tokenizer."""
     import gguf
 
-    meta = json.loads((tokenizer_dir / "tokenizer_meta.json").read_text())
-    if meta["type"] != "bpe":
-        raise ExportError(f"GGUF export of {meta['type']} tokenizers is not built yet: use tokenizer.type bpe")
     spec = json.loads((tokenizer_dir / "tokenizer.json").read_text())
     vocab = spec["model"]["vocab"]
     tokens = [None] * len(vocab)
     for token, index in vocab.items():
         tokens[index] = token
-    specials = {meta["specialTokens"][n]["id"] for n in ("bos", "eos", "pad", "unk")}
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
@@ -87,12 +102,6 @@ def _tokenizer(writer: Any, tokenizer_dir: Path) -> None:
         [gguf.TokenType.CONTROL if i in specials else gguf.TokenType.NORMAL for i in range(len(tokens))]
     )
     writer.add_token_merges(merges)
-    ids = {n: meta["specialTokens"][n]["id"] for n in ("bos", "eos", "pad", "unk")}
-    writer.add_bos_token_id(ids["bos"])
-    writer.add_eos_token_id(ids["eos"])
-    writer.add_pad_token_id(ids["pad"])
-    writer.add_unk_token_id(ids["unk"])
-    writer.add_add_bos_token(False)
 
 
 def write(model: Llama, tokenizer_dir: Path, out: Path, kind: str = "f32") -> Path:

@@ -24,11 +24,8 @@ def write(model: Llama, tokenizer_dir: Path, out: Path, max_shard_size: str = "2
     hf_logging.disable_progress_bar()
 
     meta = json.loads((tokenizer_dir / "tokenizer_meta.json").read_text())
-    if meta["type"] == "unigram":
-        raise ExportError(
-            "safetensors export of SentencePiece unigram tokenizers is not built yet: use tokenizer.type bpe or"
-            " wordpiece for a Hugging Face export"
-        )
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        raise ExportError(f"{tokenizer_dir} has no tokenizer.json: rerun the DataSource with this llmtrain version")
     twin = hf_model(model.config)
     twin.load_state_dict(model.state_dict(), strict=True)
     twin.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=1, pad_token_id=2)
