@@ -93,11 +93,7 @@ def _ingest(args: argparse.Namespace) -> int:
             merge_only=args.merge,
             force=args.force,
         )
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        _report({"error": str(exc), "exitCode": exitcodes.BAD_INPUT})
-        return exitcodes.BAD_INPUT
-    except Exception as exc:
+    except Exception as exc:  # SpecError included: _fail maps every failure to its exit code
         return _fail(exc)
     _report(report)
     return exitcodes.OK
@@ -123,10 +119,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.max_steps:
             run.spec.training.max_steps = args.max_steps
         return train(run, options)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exitcodes.BAD_INPUT
-    except Exception as exc:
+    except Exception as exc:  # SpecError included: _fail maps every failure to its exit code
         return _fail(exc)
 
 
@@ -152,11 +145,7 @@ def _export(args: argparse.Namespace) -> int:
         if not output:
             raise SpecError([], "no output: set spec.output.uri or pass --output")
         report = export(resource, checkpoint, args.data, output, Path(args.cache), run_model)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        _report({"error": str(exc), "exitCode": exitcodes.BAD_INPUT})
-        return exitcodes.BAD_INPUT
-    except Exception as exc:
+    except Exception as exc:  # SpecError included: _fail maps every failure to its exit code
         return _fail(exc)
     _report(report)
     return exitcodes.OK

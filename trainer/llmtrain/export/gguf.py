@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..model.llama import Llama
-from .checkpoint import ExportError, greedy
+from .checkpoint import ExportError
+from .checks import greedy_matches, max_relative_error, verdict
 
 TYPES = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
 BLOCK = 32  # Q8_0 / Q4_0 block size: rows must be a multiple of it
@@ -183,33 +184,25 @@ def validate(
     corpus: list[str],
     training_tokenizer: Any,
     greedy_tokens: int,
-    max_relative_error: float,
+    max_relative_error_limit: float,
 ) -> dict[str, Any]:
     runtime = _load(out, model.config.max_seq_len)  # a clear error when llama-cpp-python is missing
     import llama_cpp
 
-    worst = 0.0
-    for prompt in prompts:
-        ours = model(torch.tensor([prompt]))[0]
-        worst = max(worst, float((ours - _logits(runtime, prompt)).abs().max() / ours.abs().max()))
-    reference = greedy(model, prompts[0], greedy_tokens)
-    theirs = greedy(model, prompts[0], greedy_tokens, logits_of=lambda x: _logits(runtime, x[0].tolist()).unsqueeze(0))
+    one = lambda x: _logits(runtime, x[0].tolist()).unsqueeze(0)  # noqa: E731 - llama.cpp runs one sequence
+    worst = max_relative_error(model, prompts, one)
     expected = training_tokenizer.encode_batch(corpus)
     tokenizer_match = all(
         runtime.tokenize(t.encode(), add_bos=False, special=False) == e for t, e in zip(corpus, expected, strict=True)
     )
-    result = {
-        "runtime": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})",
-        "maxRelativeError": worst,
-        "greedyMatch": theirs == reference,
-        "tokenizerMatch": tokenizer_match,
-    }
-    result["passed"] = worst <= max_relative_error and result["greedyMatch"] and tokenizer_match
-    if not result["passed"]:
-        result["message"] = (
-            f"logits differ by {worst:.2e}, greedy match {result['greedyMatch']}, tokenizer match {tokenizer_match}"
-        )
-    return result
+    runtime_name = f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+    return verdict(
+        runtime_name,
+        worst,
+        greedy_matches(model, prompts[0], greedy_tokens, one),
+        max_relative_error_limit,
+        tokenizer_match,
+    )
 
 
 def perplexity(path: Path, windows: list[list[int]], context: int) -> float:

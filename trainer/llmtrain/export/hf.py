@@ -15,6 +15,7 @@ import torch
 from ..model.hf import hf_model
 from ..model.llama import Llama
 from .checkpoint import ExportError, greedy
+from .checks import max_relative_error, verdict
 
 
 def write(model: Llama, tokenizer_dir: Path, out: Path, max_shard_size: str = "2GB") -> Path:
@@ -43,7 +44,7 @@ def validate(
     corpus: list[str],
     training_tokenizer: Any,
     greedy_tokens: int,
-    max_relative_error: float,
+    max_relative_error_limit: float,
 ) -> dict[str, Any]:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -52,11 +53,7 @@ def validate(
     hf_logging.disable_progress_bar()
     loaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
-    worst = 0.0
-    for prompt in prompts:
-        inputs = torch.tensor([prompt])
-        ours, theirs = model(inputs), loaded(inputs).logits
-        worst = max(worst, float((ours - theirs).abs().max() / ours.abs().max()))
+    worst = max_relative_error(model, prompts, lambda x: loaded(x).logits)
     reference = greedy(model, prompts[0], greedy_tokens)
     generated = loaded.generate(
         torch.tensor([prompts[0]]), max_new_tokens=greedy_tokens, min_new_tokens=greedy_tokens, do_sample=False
@@ -65,24 +62,10 @@ def validate(
     tokenizer_match = all(
         tokenizer.encode(t, add_special_tokens=False) == e for t, e in zip(corpus, expected, strict=True)
     )
-    result = {
-        "runtime": f"transformers {transformers.__version__}",
-        "maxRelativeError": worst,
-        "greedyMatch": generated == reference,
-        "tokenizerMatch": tokenizer_match,
-    }
-    result["passed"] = worst <= max_relative_error and result["greedyMatch"] and tokenizer_match
-    if not result["passed"]:
-        result["message"] = _why(result, max_relative_error)
-    return result
-
-
-def _why(result: dict[str, Any], limit: float) -> str:
-    reasons = []
-    if result["maxRelativeError"] > limit:
-        reasons.append(f"logits differ by {result['maxRelativeError']:.2e} (limit {limit:.0e})")
-    if not result["greedyMatch"]:
-        reasons.append("greedy continuation differs")
-    if not result["tokenizerMatch"]:
-        reasons.append("tokenizer ids differ from the training tokenizer")
-    return "; ".join(reasons)
+    return verdict(
+        f"transformers {transformers.__version__}",
+        worst,
+        generated == reference,
+        max_relative_error_limit,
+        tokenizer_match,
+    )

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..model.llama import Llama
-from .checkpoint import greedy
+from .checks import greedy_matches, max_relative_error, verdict
 
 
 def write(model: Llama, out: Path) -> Path:
@@ -66,24 +66,19 @@ def perplexity(session: Any, windows: list[list[int]]) -> float:
 
 @torch.no_grad()
 def validate(
-    out: Path, model: Llama, prompts: list[list[int]], greedy_tokens: int, max_relative_error: float
+    out: Path, model: Llama, prompts: list[list[int]], greedy_tokens: int, max_relative_error_limit: float
 ) -> dict[str, Any]:
     import onnxruntime
 
     session = _session(out)
-    worst = 0.0
-    for prompt in prompts:
-        inputs = torch.tensor([prompt, prompt])  # batch 2: the batch axis is dynamic too
-        ours, theirs = model(inputs), _logits(session, inputs)
-        worst = max(worst, float((ours - theirs).abs().max() / ours.abs().max()))
-    match = greedy(model, prompts[0], greedy_tokens) == greedy(
-        model, prompts[0], greedy_tokens, logits_of=lambda x: _logits(session, x)
+    run = lambda x: _logits(session, x)  # noqa: E731
+    worst = max_relative_error(model, prompts, run, batch=2)  # batch 2: the batch axis is dynamic too
+    return verdict(
+        f"onnxruntime {onnxruntime.__version__}",
+        worst,
+        greedy_matches(model, prompts[0], greedy_tokens, run),
+        max_relative_error_limit,
     )
-    result = {"runtime": f"onnxruntime {onnxruntime.__version__}", "maxRelativeError": worst, "greedyMatch": match}
-    result["passed"] = worst <= max_relative_error and match
-    if not result["passed"]:
-        result["message"] = f"logits differ by {worst:.2e} or greedy continuation differs"
-    return result
 
 
 def validate_quantized(quantized: Path, full: Path, windows: list[list[int]], max_increase: float) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..model.llama import Llama
-from .checkpoint import greedy
+from .checks import greedy_matches, max_relative_error, verdict
 
 
 def write(model: Llama, out: Path) -> Path:
@@ -22,17 +22,14 @@ def write(model: Llama, out: Path) -> Path:
 
 @torch.no_grad()
 def validate(
-    out: Path, model: Llama, prompts: list[list[int]], greedy_tokens: int, max_relative_error: float
+    out: Path, model: Llama, prompts: list[list[int]], greedy_tokens: int, max_relative_error_limit: float
 ) -> dict[str, Any]:
     loaded = torch.jit.load(str(out))
-    worst = 0.0
-    for prompt in prompts:  # prompts of several lengths: the trace must not be tied to its example's shape
-        inputs = torch.tensor([prompt])
-        ours, theirs = model(inputs), loaded(inputs)
-        worst = max(worst, float((ours - theirs).abs().max() / ours.abs().max()))
-    match = greedy(model, prompts[0], greedy_tokens) == greedy(loaded, prompts[0], greedy_tokens)
-    result = {"runtime": f"torch.jit {torch.__version__}", "maxRelativeError": worst, "greedyMatch": match}
-    result["passed"] = worst <= max_relative_error and match
-    if not result["passed"]:
-        result["message"] = f"logits differ by {worst:.2e} or greedy continuation differs"
-    return result
+    # prompts of several lengths: the trace must not be tied to its example's shape
+    worst = max_relative_error(model, prompts, loaded)
+    return verdict(
+        f"torch.jit {torch.__version__}",
+        worst,
+        greedy_matches(model, prompts[0], greedy_tokens, loaded),
+        max_relative_error_limit,
+    )
