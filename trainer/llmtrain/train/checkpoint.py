@@ -44,6 +44,7 @@ class Saved:
     uri: str
     val_loss: float | None
     time: str
+    best: tuple[str, dict[str, Any]] | None = None  # (name, meta.json) with the lowest validation loss
 
 
 def _name(step: int) -> str:
@@ -139,42 +140,47 @@ class Checkpointer:
                     storage.upload_file(path, storage.join(self.uri, name, path.name))
         barrier(self.world)
         saved_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        best = None
         if self.world.is_main:
             record = {**meta, "step": step, "worldSize": self.world.size, "time": saved_at}
             storage.write_bytes(storage.join(self.uri, name, META), json.dumps(record, indent=2).encode())
             storage.write_bytes(storage.join(self.uri, "latest"), name.encode())
-            self._update_best()
-            self._retain()
+            present = self._present()  # one listing serves the best pointer and retention
+            complete = self._complete(present)
+            best = _lowest_val_loss(complete)
+            if best is not None:
+                storage.write_bytes(storage.join(self.uri, "best"), best[0].encode())
+            self._retain(present, complete)
         barrier(self.world)
-        return Saved(step, storage.join(self.uri, name), meta.get("valLoss"), saved_at)
+        return Saved(step, storage.join(self.uri, name), meta.get("valLoss"), saved_at, best)
 
-    def _complete(self) -> list[tuple[str, dict[str, Any]]]:
-        names = sorted({e.relative.split("/")[0] for e in storage.list_files(self.uri) if "/" in e.relative})
+    def _present(self) -> list[str]:
+        """Names of the checkpoint directories there, complete or not."""
+        names = {e.relative.split("/")[0] for e in storage.list_files(self.uri) if "/" in e.relative}
+        return sorted(n for n in names if n.startswith("step-"))
+
+    def _complete(self, present: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
         found = []
-        for name in names:
-            if name.startswith("step-"):
-                text = self._read_text(f"{name}/{META}")
-                if text is not None:
-                    found.append((name, json.loads(text)))
+        for name in self._present() if present is None else present:
+            text = self._read_text(f"{name}/{META}")
+            if text is not None:
+                found.append((name, json.loads(text)))
         return found
 
     def best(self) -> tuple[str, dict[str, Any]] | None:
-        scored = [(n, m) for n, m in self._complete() if m.get("valLoss") is not None]
-        return min(scored, key=lambda item: (item[1]["valLoss"], item[1]["step"])) if scored else None
+        return _lowest_val_loss(self._complete())
 
-    def _update_best(self) -> None:
-        best = self.best()
-        if best is not None:
-            storage.write_bytes(storage.join(self.uri, "best"), best[0].encode())
-
-    def _retain(self) -> None:
+    def _retain(self, present: list[str], complete: list[tuple[str, dict[str, Any]]]) -> None:
         """Keep the newest keepLast and the best keepBest checkpoints; drop the rest and interrupted saves."""
-        complete = self._complete()
         keep = {n for n, _ in complete[-self.keep_last :]}
         scored = sorted((m["valLoss"], n) for n, m in complete if m.get("valLoss") is not None)
         keep |= {n for _, n in scored[: self.keep_best]}
-        present = {e.relative.split("/")[0] for e in storage.list_files(self.uri) if "/" in e.relative}
-        for name in sorted(present):
-            if name.startswith("step-") and name not in keep:
+        for name in present:
+            if name not in keep:
                 storage.delete_tree(storage.join(self.uri, name))
                 shutil.rmtree(self.local / name, ignore_errors=True)
+
+
+def _lowest_val_loss(complete: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]] | None:
+    scored = [(n, m) for n, m in complete if m.get("valLoss") is not None]
+    return min(scored, key=lambda item: (item[1]["valLoss"], item[1]["step"])) if scored else None

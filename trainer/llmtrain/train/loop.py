@@ -215,8 +215,7 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
         )
     latest_saved = None
 
-    def best_checkpoint() -> dict | None:
-        entry = checkpoints.best()
+    def describe(entry: tuple[str, dict] | None) -> dict | None:
         if entry is None:
             return None
         name, meta = entry
@@ -224,7 +223,7 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
 
     if latest:
         reporter.report["latestCheckpoint"] = {"step": start, "uri": storage.join(options.checkpoints, latest)}
-        reporter.report["bestCheckpoint"] = best_checkpoint()
+        reporter.report["bestCheckpoint"] = describe(checkpoints.best())
 
     def raise_alert(alert: RaisedAlert | None) -> None:
         if alert is not None and world.is_main:
@@ -240,7 +239,7 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
         if world.is_main:
             logs.audit("CheckpointSaved", run=run.name, step=step, uri=saved.uri)
             latest_entry = {"step": step, "uri": saved.uri, "time": saved.time}
-            reporter.update(force=True, latestCheckpoint=latest_entry, bestCheckpoint=best_checkpoint())
+            reporter.update(force=True, latestCheckpoint=latest_entry, bestCheckpoint=describe(saved.best))
 
     # one GPU without FSDP: autocast stands in for FSDP's mixed-precision policy
     autocast = world.device.type == "cuda" and not world.distributed and training.precision == "bf16"

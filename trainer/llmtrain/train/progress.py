@@ -93,6 +93,7 @@ class Metrics:
         self._jsonl = None
         self._tensorboard = None
         self._gauges: dict[str, Any] = {}
+        self._prometheus: Any = None
         self.run = run
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ class Metrics:
             for key, value in values.items():
                 self._tensorboard.add_scalar(key, value, step)
             self._tensorboard.flush()
-        if hasattr(self, "_prometheus"):
+        if self._prometheus is not None:
             for key, value in {"step": step, **values}.items():
                 name = "llmtrain_train_" + key.replace("/", "_")
                 if name not in self._gauges:
