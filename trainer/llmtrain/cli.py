@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__, exitcodes
+from . import __version__, exitcodes, termination
 from .api import DataSource, SpecError, load_resources, select_resource
 
 log = logging.getLogger("llmtrain.cli")
@@ -51,8 +51,10 @@ def failure_exit_code(exc: BaseException) -> int:
     return 1
 
 
-def _report(result: dict[str, Any]) -> None:
+def _report(result: dict[str, Any], summary: dict[str, Any] | None = None) -> None:
+    """The report: the last stdout line (complete) and the termination message (compact)."""
     print(json.dumps(result, separators=(",", ":")), flush=True)
+    termination.write(result if summary is None else summary)
 
 
 def _fail(exc: BaseException) -> int:
@@ -73,7 +75,11 @@ def _ingest(args: argparse.Namespace) -> int:
     try:
         resources = load_resources(args.file)
         source = select_resource(resources, DataSource, args.name)
-        base_dir = Path.cwd() if args.file == "-" else Path(args.file).resolve().parent
+        base_dir = (
+            Path(args.base_dir)
+            if args.base_dir
+            else (Path.cwd() if args.file == "-" else Path(args.file).resolve().parent)
+        )
         output = args.output or source.spec.output.uri
         if not output:
             raise SpecError([], "no output: set spec.output.uri or pass --output")
@@ -95,7 +101,7 @@ def _ingest(args: argparse.Namespace) -> int:
         )
     except Exception as exc:  # SpecError included: _fail maps every failure to its exit code
         return _fail(exc)
-    _report(report)
+    _report(report, {k: report[k] for k in ("name", "output", "tokenizer", "stats", "skipped") if k in report})
     return exitcodes.OK
 
 
@@ -118,9 +124,17 @@ def _train(args: argparse.Namespace) -> int:
         )
         if args.max_steps:
             run.spec.training.max_steps = args.max_steps
-        return train(run, options)
+        code = train(run, options)
+        termination.write({"exitCode": code, **_TRAIN_EXITS.get(code, {})})
+        return code
     except Exception as exc:  # SpecError included: _fail maps every failure to its exit code
         return _fail(exc)
+
+
+_TRAIN_EXITS = {
+    exitcodes.DIVERGED: {"error": "the loss became non-finite; the last good state was saved"},
+    exitcodes.RETRYABLE: {"error": "interrupted (SIGTERM) after saving a checkpoint; a rerun resumes"},
+}
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -147,7 +161,63 @@ def _export(args: argparse.Namespace) -> int:
         report = export(resource, checkpoint, args.data, output, Path(args.cache), run_model)
     except Exception as exc:  # SpecError included: _fail maps every failure to its exit code
         return _fail(exc)
-    _report(report)
+    summary = {
+        "checkpoint": report.get("checkpoint"),
+        "artifacts": report.get("artifacts"),
+        "reportUri": storage_join(output, "export-report.json"),
+    }
+    _report(report, summary)
+    return exitcodes.OK
+
+
+def storage_join(base: str, name: str) -> str:
+    from .storage import join
+
+    return join(base, name)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .local.runner import run
+
+    try:
+        return run(args.file, Path(args.workdir))
+    except SpecError as exc:
+        print(f"error: {exc.source}" if exc.source else "error:", file=sys.stderr)
+        for problem in exc.problems or [str(exc)]:
+            print(f"  {problem}", file=sys.stderr)
+        return exitcodes.BAD_INPUT
+
+
+def _get(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .local import table
+    from .local.filestore import FileStore
+    from .local.runner import table_text
+
+    kinds = None
+    if args.kind and args.kind != "all":
+        for alias in args.kind.split(","):
+            if alias not in table.ALIASES:
+                known = ", ".join(sorted(table.ALIASES))
+                print(f"error: unknown resource type {alias!r}; one of: all, {known}", file=sys.stderr)
+                return exitcodes.BAD_INPUT
+        kinds = [table.ALIASES[a] for a in args.kind.split(",")]
+    if not (Path(args.workdir) / "state").is_dir():
+        print(f"No resources found (no llmtrain run in {args.workdir}).", file=sys.stderr)
+        return exitcodes.OK
+    store = FileStore(Path(args.workdir))
+    if args.output in ("json", "yaml"):
+        items = [
+            o
+            for k in kinds or table.KINDS
+            for o in store.list(k.KIND, None)
+            if not args.names or o["metadata"]["name"] in args.names
+        ]
+        document = {"apiVersion": "v1", "kind": "List", "items": items}
+        print(json.dumps(document, indent=2) if args.output == "json" else yaml.safe_dump(document, sort_keys=False))
+        return exitcodes.OK
+    print(table_text(store, kinds, args.output == "wide", args.names))
     return exitcodes.OK
 
 
@@ -185,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--shard-count", type=int, help="number of parts the input is split into")
     ingest.add_argument("--merge", action="store_true", help="merge finished parts: dedup, tokenizer, shards")
     ingest.add_argument("--force", action="store_true", help="redo even if a manifest with this spec exists")
+    ingest.add_argument(
+        "--base-dir", help="folder that relative local paths are resolved against (default: the file's)"
+    )
     ingest.set_defaults(handler=_ingest)
 
     train = commands.add_parser(
@@ -219,10 +292,43 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", help="output URI or directory (overrides spec.output.uri)")
     export.add_argument("--cache", default="/tmp/llmtrain-cache", help="local scratch space")
     export.set_defaults(handler=_export)
+    commands.add_parser(
+        "launch",
+        help="run torchrun as a pod's main process, keeping the workers' exit codes (llmtrain launch -- ARGS)",
+        add_help=False,
+    )
+    run = commands.add_parser(
+        "run",
+        help="run a whole run file (DataSource, TrainingRun, ModelExport) on this machine, no cluster needed",
+        description="Apply FILE to a work directory and drive every resource to the end with the operator's own"
+        " reconcile logic; pods run as local processes. Ctrl-C checkpoints and stops; rerun to resume."
+        " Exit codes: 0 all succeeded, 1 something failed, 2 bad input, 130 interrupted.",
+    )
+    run.add_argument("-f", "--file", required=True, help="the run file (YAML/JSON), or -")
+    run.add_argument("--workdir", default="work", help="state, logs and outputs (default: ./work)")
+    run.set_defaults(handler=_run)
+
+    get = commands.add_parser(
+        "get",
+        help="show the status of the resources in a work directory, like kubectl get",
+        description="Print the resources `llmtrain run` manages in WORKDIR with the CRDs' printer columns.",
+    )
+    get.add_argument(
+        "kind", nargs="?", default="all", help="all, datasources (ds), trainingruns (tr), modelexports (mex)"
+    )
+    get.add_argument("names", nargs="*", help="only these names")
+    get.add_argument("--workdir", default="work", help="the work directory of `llmtrain run` (default: ./work)")
+    get.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
+    get.set_defaults(handler=_get)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:  # everything after it belongs to torchrun
+        from .launch import main as launch
+
+        return launch(argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

@@ -244,6 +244,9 @@ class TrainingRunStatus(ApiModel):
     alerts: Annotated[list[Alert], MaxLen(64)] = Field(default_factory=list, description="Recent alerts, newest last.")
     restarts: int = Field(default=0, description="Times the run was resumed after a retryable failure.")
     failure: Failure | None = Field(default=None, description="Why the run failed.")
+    last_failure: Failure | None = Field(
+        default=None, description="The last retryable failure, from which the run resumed."
+    )
     start_time: Timestamp | None = Field(default=None, description="When the pods first ran.")
     completion_time: Timestamp | None = Field(default=None, description="When the run finished.")
 

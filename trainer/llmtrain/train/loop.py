@@ -28,7 +28,7 @@ from .anomalies import AnomalyDetector, RaisedAlert
 from .checkpoint import Checkpointer
 from .loader import Batches, DataError, Dataset
 from .optim import build_optimizer, lr_factor, set_lr
-from .progress import FileSink, Metrics, Reporter, format_eta, prometheus_port
+from .progress import Metrics, Reporter, format_eta, make_sink, prometheus_port
 
 log = logging.getLogger("llmtrain.train")
 
@@ -197,7 +197,7 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
     flops = flops_per_token(config, count_parameters(shapes_only, exclude_embedding=True))
     peak = peak_flops(world.device.type, training.precision != "fp32")
 
-    sinks = [FileSink(options.progress)] if options.progress and world.is_main else []
+    sinks = [make_sink(options.progress)] if options.progress and world.is_main else []
     reporter = Reporter(run.name, training.max_steps, sinks)
     metrics = Metrics(
         options.metrics_dir if world.is_main else None, run.name, prometheus_port() if world.is_main else None

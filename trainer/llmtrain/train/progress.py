@@ -3,7 +3,7 @@
 The progress report is a small, versioned JSON document (`PROGRESS_VERSION`) that rank 0 writes at most
 every `min_interval` seconds and at every lifecycle event. Sinks:
 - `FileSink`: atomic writes to a file (local runner; or a file the operator reads);
-- the operator's ConfigMap sink comes with the operator, behind the same `write(report)` interface.
+- `ConfigMapSink` (`configmap://<namespace>/<name>`): a ConfigMap only the run's ServiceAccount may patch.
 Metrics go to a JSONL file, TensorBoard event files and a Prometheus endpoint (rank 0).
 """
 
@@ -24,6 +24,15 @@ log = logging.getLogger("llmtrain.train")
 
 class ProgressSink(Protocol):
     def write(self, report: dict[str, Any]) -> None: ...
+
+
+def make_sink(uri: str) -> ProgressSink:
+    """configmap://<namespace>/<name> (in a cluster), else a file or storage URI."""
+    if uri.startswith("configmap://"):
+        from .kube_sink import ConfigMapSink
+
+        return ConfigMapSink(uri)
+    return FileSink(uri)
 
 
 class FileSink:

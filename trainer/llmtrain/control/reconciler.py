@@ -1,0 +1,124 @@
+"""Reconciler: one pass over one resource through a Store, with throttled status writes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ..core import Context, Observed, Plan, naming, reconcile
+from ..core.reconcile import child_keys, dependency_keys
+from ..core.status import progress_only
+from .store import Conflict, NotFound, Store
+
+log = logging.getLogger("llmtrain.control")
+
+
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from old to new status (keys that disappeared are set to null)."""
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
+class Reconciler:
+    """Reads a resource's world, calls the core, applies the plan. Safe to call from many threads."""
+
+    def __init__(
+        self,
+        store: Store,
+        ctx: Context,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_plan: Callable[[dict[str, Any], Plan, bool], None] | None = None,
+    ) -> None:
+        self.store, self.ctx, self.clock, self.on_plan = store, ctx, clock, on_plan
+        self._written: dict[tuple[str, str, str], float] = {}
+        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: tuple[str, str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def observe(self, body: dict[str, Any]) -> Observed:
+        namespace, name, kind = body["metadata"]["namespace"], body["metadata"]["name"], body["kind"]
+        observed = Observed()
+        for child_kind, child_name in child_keys(body):
+            found = self.store.get(child_kind, namespace, child_name)
+            if found is not None and _owned_by(found, body):
+                observed.children[(child_kind, child_name)] = found
+        observed.pods = self.store.list("Pod", namespace, {naming.kind_label(kind): name})
+        for _ in range(2):  # a second round for dependencies named by dependencies
+            for dep_kind, dep_name in dependency_keys(body, observed.dependencies):
+                if (dep_kind, dep_name) in observed.dependencies or not dep_name:
+                    continue
+                found = self.store.get(dep_kind, namespace, dep_name)
+                if found is not None:
+                    observed.dependencies[(dep_kind, dep_name)] = found
+        if kind == "TrainingRun":
+            observed.progress = self.store.progress(namespace, naming.progress_configmap(name))
+        return observed
+
+    def reconcile(self, kind: str, namespace: str, name: str, force_status: bool = False) -> Plan | None:
+        key = (kind, namespace, name)
+        with self._lock(key):
+            body = self.store.get(kind, namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                self._written.pop(key, None)
+                return None
+            plan = reconcile(body, self.observe(body), self.ctx, self.clock())
+            for action in plan.actions:
+                self._apply(action)
+            written = self._write_status(key, body, plan, force_status)
+            if self.on_plan is not None:
+                self.on_plan(body, plan, written)
+            return plan
+
+    def _apply(self, action: Any) -> None:
+        obj = action.object
+        meta = obj["metadata"]
+        try:
+            if action.verb == "create":
+                self.store.create(obj)
+                log.info("created", extra={"kind": obj["kind"], "object": meta["name"], "namespace": meta["namespace"]})
+            elif action.verb == "update":
+                self.store.update(obj)
+            elif action.verb == "patch":
+                self.store.patch(obj["kind"], meta["namespace"], meta["name"], action.patch or {})
+            elif action.verb == "delete":
+                self.store.delete(obj["kind"], meta["namespace"], meta["name"])
+                log.info("deleted", extra={"kind": obj["kind"], "object": meta["name"], "namespace": meta["namespace"]})
+        except Conflict:
+            pass  # created meanwhile (another pass, a restarted operator): the next pass sees it
+        except NotFound:
+            pass  # already gone
+
+    def _write_status(self, key: tuple[str, str, str], body: dict[str, Any], plan: Plan, force: bool) -> bool:
+        old = body.get("status") or {}
+        if plan.status == old:
+            return False
+        now = time.monotonic()
+        recent = now - self._written.get(key, 0.0) < self.ctx.status_interval
+        if not force and recent and progress_only(old, plan.status):
+            return False
+        try:
+            self.store.patch_status(key[0], key[1], key[2], status_patch(old, plan.status))
+        except (NotFound, Conflict):
+            return False
+        self._written[key] = now
+        for event in plan.events:
+            try:
+                self.store.event(body, event.type, event.reason, event.message)
+            except Exception as exc:  # an Event is never worth a failed reconcile
+                log.warning("event not posted", extra={"error": str(exc)})
+        return True
+
+
+def _owned_by(child: dict[str, Any], owner: dict[str, Any]) -> bool:
+    """A child counts only if the owner controls it (an unrelated object with the same name does not)."""
+    uid = owner["metadata"].get("uid")
+    refs = child.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs) if uid else True

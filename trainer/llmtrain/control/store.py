@@ -1,0 +1,44 @@
+"""The few API operations the reconciler and the job executor need, over any backend.
+
+Two implementations: `llmtrain.local.filestore.FileStore` (a work directory; the local runner) and
+`llmtrain_operator.kubestore.KubeStore` (a Kubernetes API server over HTTP). Kinds are the plain
+Kubernetes kind names (`Job`, `Pod`, `ConfigMap`, `TrainingRun`, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class NotFound(LookupError):
+    """The object does not exist."""
+
+
+class Conflict(RuntimeError):
+    """The object exists already, or changed since it was read."""
+
+
+class Store(Protocol):
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def list(self, kind: str, namespace: str | None, labels: dict[str, str] | None = None) -> list[dict[str, Any]]: ...
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    def update(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]: ...
+
+    def delete(self, kind: str, namespace: str, name: str) -> None: ...
+
+    def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+    def progress_sink(self, namespace: str, configmap: str) -> str | None:
+        """Where a trainer pod's progress sink should point (None: the ConfigMap itself)."""
+        ...
+
+    def progress(self, namespace: str, configmap: str) -> dict[str, Any] | None:
+        """The latest progress report of a run."""
+        ...
