@@ -52,16 +52,9 @@ lock: ## resolve pyproject.toml afresh (no constraints) and re-pin constraints.t
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
 	touch $(VENV)/.installed
 
-demo: install ## the main job on one machine, as far as it is built (the local runner comes with the operator)
-	@echo "The local runner (llmtrain run -f examples/run.yaml) is not built yet: it arrives with the operator"
-	@echo "issue. Today: validate the example run, run its DataSource, then its TrainingRun (a few minutes)."
-	$(BIN)/llmtrain validate -f examples/run.yaml
-	$(BIN)/llmtrain ingest -f examples/run.yaml --name shakespeare --output work/demo/shakespeare
-	LLMTRAIN_HUMAN_LOGS=1 $(BIN)/llmtrain train -f examples/run.yaml --name tiny-llama --data work/demo/shakespeare \
-	  --checkpoints work/demo/tiny-llama/checkpoints --progress work/demo/tiny-llama/progress.json \
-	  --metrics-dir work/demo/tiny-llama/metrics 2>&1 | grep -v '^{' || true
-	@test -f work/demo/tiny-llama/checkpoints/latest
-	@echo "Dataset: work/demo/shakespeare/manifest.json; model: work/demo/tiny-llama/checkpoints/$$(cat work/demo/tiny-llama/checkpoints/latest)"
+demo: install ## the main job on this machine: llmtrain run -f examples/run.yaml (ingest, train, export; ~4 min)
+	$(MAKE) --no-print-directory llama-cpp
+	$(BIN)/llmtrain run -f examples/run.yaml --workdir work/demo
 
 bench-corpora: ## install the public corpora the benchmarks read (Debian packages)
 	@test -f /usr/src/linux-source-6.1.tar.xz && test -f /usr/share/dictd/gcide.dict.dz && command -v bible >/dev/null \

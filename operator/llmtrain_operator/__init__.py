@@ -1,7 +1,6 @@
-"""The llmtrain Kubernetes operator (kopf).
+"""The llmtrain Kubernetes operator: a kopf shell over `llmtrain.core` (no torch, no workloads).
 
-It imports `llmtrain.api` and `llmtrain.core`, never the workloads, and so needs no torch. The
-handlers arrive with the operator issue; until then `llmtrain validate` and the CRDs are the API.
+`python -m llmtrain_operator` runs it; `operator.Operator` is the instance tests start in a thread.
 """
 
 __version__ = "0.1.0"

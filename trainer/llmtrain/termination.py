@@ -7,6 +7,7 @@ is needed. The path comes from `$LLMTRAIN_TERMINATION_LOG`; nothing is written w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -48,8 +49,6 @@ def write(report: dict[str, Any]) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(compact(report))
         os.replace(tmp, path)
-    except OSError:
-        try:  # /dev/termination-log is a file the kubelet mounts; its directory may be read-only
+    except OSError:  # /dev/termination-log is a file the kubelet mounts; its directory may be read-only
+        with contextlib.suppress(OSError):
             path.write_bytes(compact(report))
-        except OSError:
-            pass

@@ -163,3 +163,15 @@ NAME_RULE = CelRule(
     f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
     f"metadata.name must be at most {MAX_NAME_LENGTH} characters of a-z, 0-9 and '-', starting with a letter",
 )
+
+
+class Failure(ApiModel):
+    """Why a resource failed, pinned to the pod (and rank) that explains it."""
+
+    reason: Annotated[str, MaxLen(128)] = Field(
+        description="e.g. OOMKilled, NonFiniteLoss, InvalidSpec, ImagePullBackOff."
+    )
+    message: Annotated[str, MaxLen(32768)] = Field(description="Details and the fix.")
+    pod: str | None = Field(default=None, description="The failing pod.")
+    rank: int | None = Field(default=None, description="The failing rank (node index).")
+    exit_code: int | None = Field(default=None, description="The container's exit code.")

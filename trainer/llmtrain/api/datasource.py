@@ -10,6 +10,7 @@ from pydantic import Field
 from .base import ApiModel, CelRule, Matches
 from .common import (
     Conditions,
+    Failure,
     Image,
     ObjectName,
     PodResources,
@@ -308,6 +309,7 @@ class DataSourceStatus(ApiModel):
     shards_uri: str | None = Field(default=None, description="Where the shards and manifest.json are.")
     start_time: Timestamp | None = Field(default=None, description="When ingest started.")
     completion_time: Timestamp | None = Field(default=None, description="When ingest finished.")
+    failure: Failure | None = Field(default=None, description="Why it failed, pinned to the pod.")
 
 
 class DataSource(Resource):

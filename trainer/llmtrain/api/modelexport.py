@@ -8,7 +8,7 @@ from annotated_types import Ge, Gt, Le, MaxLen, MinLen
 from pydantic import Field
 
 from .base import ApiModel, CelRule, ListType
-from .common import Conditions, Image, LocalObjectReference, PodResources, StorageUri, Timestamp
+from .common import Conditions, Failure, Image, LocalObjectReference, PodResources, StorageUri, Timestamp
 from .resource import AGE, PrinterColumn, Resource
 
 Format = Literal["safetensors", "onnx", "gguf", "torchscript"]
@@ -148,6 +148,7 @@ class ModelExportStatus(ApiModel):
     report_uri: str | None = Field(default=None, description="The export report (JSON).")
     start_time: Timestamp | None = Field(default=None, description="When the export started.")
     completion_time: Timestamp | None = Field(default=None, description="When it finished.")
+    failure: Failure | None = Field(default=None, description="Why it failed, pinned to the pod.")
 
 
 class ModelExport(Resource):

@@ -10,6 +10,7 @@ from pydantic import Field
 from .base import ApiModel, CelRule, Matches
 from .common import (
     Conditions,
+    Failure,
     Image,
     LocalObjectReference,
     Quantity,
@@ -205,18 +206,6 @@ class Alert(ApiModel):
     message: Annotated[str, MaxLen(4096)] = Field(description="What was seen.")
     step: int | None = Field(default=None, description="Step at which it was seen.")
     time: Timestamp | None = Field(default=None, description="When it was seen.")
-
-
-class Failure(ApiModel):
-    """Why the run failed, pinned to the pod and rank that failed first."""
-
-    reason: Annotated[str, MaxLen(128)] = Field(
-        description="e.g. OOMKilled, NonFiniteLoss, InvalidSpec, ImagePullBackOff."
-    )
-    message: Annotated[str, MaxLen(32768)] = Field(description="Details and the fix.")
-    pod: str | None = Field(default=None, description="The failing pod.")
-    rank: int | None = Field(default=None, description="The failing rank (node index).")
-    exit_code: int | None = Field(default=None, description="The container's exit code.")
 
 
 class TrainingRunStatus(ApiModel):

@@ -38,13 +38,18 @@ def _meta(body: dict[str, Any], name: str, labels: dict[str, str], ctx: Context)
     }
 
 
+#: Fields only the operator acts on: editing them never restarts a running workload.
+OPERATOR_ONLY = ("suspend", "queueName", "pendingTimeoutSeconds")
+
+
 def _document(resource: DataSource | TrainingRun | ModelExport, namespace: str) -> dict[str, Any]:
+    """The resource as the workload reads it (the spec ConfigMap; its hash decides Job replacement)."""
     wire = resource.to_wire()
     return {
         "apiVersion": wire["apiVersion"],
         "kind": wire["kind"],
         "metadata": {"name": resource.name, "namespace": namespace},
-        "spec": wire["spec"],
+        "spec": {k: v for k, v in wire["spec"].items() if k not in OPERATOR_ONLY},
     }
 
 

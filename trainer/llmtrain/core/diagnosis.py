@@ -111,8 +111,13 @@ def exit_finding(pod: dict[str, Any], state: dict[str, Any], what: str) -> Findi
     return Finding(reason, message, name, rank(pod), code, permanent)
 
 
+#: Failures that usually follow another pod's (torchrun peers stopping): reported only when alone.
+CONSEQUENCES = ("Terminated", "Interrupted")
+
+
 def failed_pod(pods: list[dict[str, Any]], what: str = "") -> Finding | None:
-    """The first failure among pods: permanent exit codes win, then the earliest finish."""
+    """The failure that explains the others: permanent exit codes first, then causes (OOM, errors,
+    kills) before consequences (SIGTERM), then the earliest finish."""
     findings: list[tuple[int, str, Finding]] = []
     for pod in pods:
         if pod.get("status", {}).get("phase") != "Failed":
@@ -125,7 +130,8 @@ def failed_pod(pods: list[dict[str, Any]], what: str = "") -> Finding | None:
             findings.append((1, "", finding))
             continue
         finding = exit_finding(pod, state, what)
-        findings.append((0 if finding.permanent else 1, state.get("finishedAt") or "", finding))
+        rank_ = 0 if finding.permanent else (2 if finding.reason in CONSEQUENCES else 1)
+        findings.append((rank_, state.get("finishedAt") or "", finding))
     if not findings:
         return None
     return sorted(findings, key=lambda item: (item[0], item[1]))[0][2]

@@ -68,6 +68,8 @@ class Process:
     stop_requested: float | None = None
     disruption: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    exit_code: int | None = None  # set once the process ended; the pod status may still need writing
+    message: str = ""
 
 
 class Executor:
@@ -97,6 +99,8 @@ class Executor:
                 self._job(job)
             except (NotFound, Conflict):
                 continue  # changed under us; the next pass sees the new state
+            except Exception as exc:  # an API error: the next pass retries
+                log.warning("job sync failed", extra={"job": job["metadata"]["name"], "error": str(exc)[:500]})
         for process in list(self.processes.values()):
             owner = process.pod["metadata"]["labels"].get("batch.kubernetes.io/controller-uid")
             if owner not in live and process.stop_requested is None:
@@ -407,24 +411,38 @@ class Executor:
 
     def _reap(self) -> None:
         for uid, process in list(self.processes.items()):
-            code = process.popen.poll()
-            if code is None:
-                if process.stop_requested is not None and time.monotonic() - process.stop_requested > process.grace:
-                    _kill_group(process.popen)
+            if process.exit_code is None:
+                code = process.popen.poll()
+                if code is None:
+                    if process.stop_requested is not None and time.monotonic() - process.stop_requested > process.grace:
+                        _kill_group(process.popen)
+                    continue
+                _kill_group(process.popen)  # whatever the container's main process left behind
+                process.exit_code = code if code >= 0 else 128 - code
+                process.message = self._termination_message(process)
+            reason = "Completed" if process.exit_code == 0 else "Error"
+            try:
+                self._finish_pod(
+                    process.pod, process.exit_code, reason, process.message, process.disruption, process.started
+                )
+            except NotFound:
+                pass  # the pod is gone (its Job was deleted)
+            except Exception as exc:  # a conflict or an API error: keep the result and write it next pass
+                log.warning(
+                    "pod status not written", extra={"pod": process.pod["metadata"]["name"], "error": str(exc)[:500]}
+                )
                 continue
-            _kill_group(process.popen)  # whatever the container's main process left behind
             del self.processes[uid]
-            exit_code = code if code >= 0 else 128 - code
-            message = ""
-            if process.termination_log.exists():
-                message = process.termination_log.read_bytes()[:TERMINATION_LIMIT].decode(errors="replace")
-            elif exit_code != 0:  # terminationMessagePolicy: FallbackToLogsOnError
-                lines = process.log_path.read_bytes().decode(errors="replace").splitlines()[-80:]
-                message = "\n".join(lines)[-2048:]
-            reason = "Completed" if exit_code == 0 else "Error"
-            with contextlib.suppress(NotFound):
-                self._finish_pod(process.pod, exit_code, reason, message, process.disruption, process.started)
-            log.info("pod finished", extra={"pod": process.pod["metadata"]["name"], "exitCode": exit_code})
+            log.info("pod finished", extra={"pod": process.pod["metadata"]["name"], "exitCode": process.exit_code})
+
+    @staticmethod
+    def _termination_message(process: Process) -> str:
+        if process.termination_log.exists():
+            return process.termination_log.read_bytes()[:TERMINATION_LIMIT].decode(errors="replace")
+        if process.exit_code != 0:  # terminationMessagePolicy: FallbackToLogsOnError
+            lines = process.log_path.read_bytes().decode(errors="replace").splitlines()[-80:]
+            return "\n".join(lines)[-2048:]
+        return ""
 
     def _finish_pod(
         self, pod, exit_code: int, reason: str, message: str, disruption: str | None, started: str | None = None

@@ -1,0 +1,181 @@
+"""The kopf shell: watch the three kinds and their children, reconcile through the shared core.
+
+Handlers are `kopf.on.event` only: no finalizers, no kopf annotations on our resources (so deleting a
+resource never waits for the operator), and every pass re-derives everything from the world
+(level-based). A resync thread reconciles every resource every `resync_seconds`, which also drives the
+time-based conditions (Stalled, pendingTimeoutSeconds) and survives missed events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+import kopf
+import kubernetes
+
+from llmtrain.api import KINDS
+from llmtrain.api.common import GROUP, VERSION
+from llmtrain.control import Reconciler
+from llmtrain.core import Plan, naming
+
+from .kubestore import KubeStore
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("llmtrain.operator")
+KIND_LABELS = {naming.kind_label(kind.KIND): kind.KIND for kind in KINDS}
+MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
+
+
+def api_client(settings: Settings) -> kubernetes.client.ApiClient:
+    """The API client for the operator's own calls: explicit URL, else in-cluster, else kubeconfig."""
+    config = kubernetes.client.Configuration()
+    if settings.api_url:
+        config.host = settings.api_url
+    else:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=config)
+        except kubernetes.config.ConfigException:
+            try:
+                kubernetes.config.load_kube_config(client_configuration=config)
+            except (kubernetes.config.ConfigException, FileNotFoundError, TypeError) as exc:
+                raise kopf.PermanentError(
+                    "no Kubernetes API: not in a cluster, no usable kubeconfig, and LLMTRAIN_KUBE_API is unset"
+                ) from exc
+    config.connection_pool_maxsize = 32
+    return kubernetes.client.ApiClient(config)
+
+
+class Operator:
+    """One operator instance: its registry, store, reconciler and metrics (tests run several in turn)."""
+
+    def __init__(self, settings: Settings, client: kubernetes.client.ApiClient | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = KubeStore(client or api_client(settings))
+        self.reconciler = Reconciler(self.store, settings.context(), on_plan=self._observed)
+        self.registry = kopf.OperatorRegistry()
+        self._stop = threading.Event()
+        self._register()
+
+    # -- reconciling -------------------------------------------------------------------------------
+
+    def _observed(self, body: dict[str, Any], plan: Plan, written: bool) -> None:
+        self.metrics.observe(body, plan.status)
+        if written:
+            self.metrics.status_writes.labels(body["kind"]).inc()
+
+    def reconcile(self, kind: str, namespace: str, name: str) -> Plan | None:
+        started = time.perf_counter()
+        self.metrics.reconciles.labels(kind).inc()
+        try:
+            plan = self.reconciler.reconcile(kind, namespace, name)
+        except Exception:
+            self.metrics.errors.labels(kind).inc()
+            log.exception("reconcile failed", extra={"kind": kind, "namespace": namespace, "object": name})
+            raise
+        finally:
+            self.metrics.latency.labels(kind).observe(time.perf_counter() - started)
+        if plan is not None and kind in ("DataSource", "TrainingRun"):
+            self._dependents(kind, namespace, name)
+        return plan
+
+    def _dependents(self, kind: str, namespace: str, name: str) -> None:
+        """A DataSource's or TrainingRun's change can unblock the resources that wait on it."""
+        wanted = (
+            [("TrainingRun", "dataSourceRef"), ("ModelExport", "dataSourceRef")]
+            if kind == "DataSource"
+            else [("ModelExport", "trainingRunRef")]
+        )
+        for dependent, field in wanted:
+            for item in self.store.list(dependent, namespace):
+                if ((item.get("spec") or {}).get(field) or {}).get("name") == name:
+                    self.reconciler.reconcile(dependent, namespace, item["metadata"]["name"])
+
+    def resync(self) -> None:
+        """Reconcile everything once (level-based safety net; drives time-based conditions)."""
+        for kind in KINDS:
+            for namespace in self.settings.namespaces or (None,):
+                for item in self.store.list(kind.KIND, namespace):
+                    if self._stop.is_set():
+                        return
+                    try:
+                        self.reconciler.reconcile(kind.KIND, item["metadata"]["namespace"], item["metadata"]["name"])
+                    except Exception:
+                        self.metrics.errors.labels(kind.KIND).inc()
+                        log.exception("resync failed", extra={"object": item["metadata"]["name"]})
+
+    def _resync_loop(self) -> None:
+        while not self._stop.wait(self.settings.resync_seconds):
+            try:
+                self.resync()
+            except Exception:
+                log.exception("resync pass failed")
+
+    # -- kopf wiring -------------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        registry = self.registry
+
+        @kopf.on.startup(registry=registry)
+        def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.posting.enabled = False  # the core posts one Event per transition itself
+            settings.execution.max_workers = 16
+            settings.watching.server_timeout = 300
+            settings.watching.client_timeout = 330
+            settings.networking.request_timeout = 60
+            threading.Thread(target=self._resync_loop, name="resync", daemon=True).start()
+
+        @kopf.on.cleanup(registry=registry)
+        def cleanup(**_: Any) -> None:
+            self._stop.set()
+
+        @kopf.on.login(registry=registry)
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            if self.settings.api_url:
+                return kopf.ConnectionInfo(server=self.settings.api_url, insecure=True, default_namespace="default")
+            return kopf.login_via_client(**kwargs)
+
+        for kind in KINDS:
+            kopf.on.event(GROUP, VERSION, kind.PLURAL, registry=registry)(self._on_resource)
+        when_progress = lambda name, **_: name.endswith("-progress")  # noqa: E731
+        kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)(self._on_child)
+        kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)(self._on_child)
+        kopf.on.event("v1", "configmaps", labels=MANAGED, when=when_progress, registry=registry)(self._on_child)
+
+    def _on_resource(self, event: dict[str, Any], body: Any, **_: Any) -> None:
+        meta = body["metadata"]
+        if event.get("type") == "DELETED":
+            self.metrics.forget(body["kind"], meta["namespace"], meta["name"])
+            return
+        self.reconcile(body["kind"], meta["namespace"], meta["name"])
+
+    def _on_child(self, body: Any, **_: Any) -> None:
+        labels = body["metadata"].get("labels") or {}
+        for label, kind in KIND_LABELS.items():
+            if label in labels:
+                self.reconcile(kind, body["metadata"]["namespace"], labels[label])
+                return
+
+    # -- running -------------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        stop_flag: threading.Event | asyncio.Event | None = None,
+        ready_flag: threading.Event | None = None,
+        liveness: str | None = None,
+    ) -> None:
+        await kopf.operator(
+            registry=self.registry,
+            standalone=True,
+            clusterwide=not self.settings.namespaces,
+            namespaces=self.settings.namespaces,
+            liveness_endpoint=liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+        self._stop.set()

@@ -1,0 +1,77 @@
+"""Operator settings from the environment (the Helm chart sets them); bad values fail at start-up, clearly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from llmtrain.core import Context
+from llmtrain.core.context import DEFAULT_IMAGE
+
+
+class ConfigurationError(ValueError):
+    """A setting that cannot work; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace (cluster scope)
+    image: str = DEFAULT_IMAGE
+    storage_root: str = "pvc://llmtrain-storage"
+    storage_secret: str | None = None
+    s3_endpoint: str | None = None
+    status_interval: float = 10.0
+    resync_seconds: float = 30.0
+    metrics_port: int | None = 8080
+    #: Talk to this API server instead of the in-cluster or kubeconfig one (tests, port-forwards).
+    api_url: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def context(self) -> Context:
+        return Context(
+            storage_root=self.storage_root,
+            image=self.image,
+            storage_secret=self.storage_secret,
+            s3_endpoint=self.s3_endpoint,
+            status_interval=self.status_interval,
+            labels=self.labels,
+        )
+
+
+def _number(env: dict[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def from_env(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    root = env.get("LLMTRAIN_STORAGE_ROOT", "pvc://llmtrain-storage").rstrip("/")
+    if not root.startswith(("s3://", "pvc://")):
+        raise ConfigurationError(
+            f"LLMTRAIN_STORAGE_ROOT={root!r}: in a cluster outputs go to s3://<bucket>/<prefix> or pvc://<claim>/<path>"
+        )
+    if root.startswith("s3://") and not env.get("LLMTRAIN_STORAGE_SECRET"):
+        raise ConfigurationError(
+            "LLMTRAIN_STORAGE_ROOT is s3:// but LLMTRAIN_STORAGE_SECRET is unset: name the Secret holding"
+            " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (pods get it as envFrom)"
+        )
+    port = env.get("LLMTRAIN_METRICS_PORT", "8080")
+    return Settings(
+        namespaces=tuple(n for n in env.get("LLMTRAIN_NAMESPACES", "").replace(" ", "").split(",") if n),
+        image=env.get("LLMTRAIN_IMAGE", DEFAULT_IMAGE),
+        storage_root=root,
+        storage_secret=env.get("LLMTRAIN_STORAGE_SECRET") or None,
+        s3_endpoint=env.get("LLMTRAIN_S3_ENDPOINT") or None,
+        status_interval=_number(env, "LLMTRAIN_STATUS_INTERVAL", 10.0, 0.0),
+        resync_seconds=_number(env, "LLMTRAIN_RESYNC_SECONDS", 30.0, 1.0),
+        metrics_port=int(_number(env, "LLMTRAIN_METRICS_PORT", 8080, 0)) if port not in ("", "0") else None,
+        api_url=env.get("LLMTRAIN_KUBE_API") or None,
+    )

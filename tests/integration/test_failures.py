@@ -1,0 +1,88 @@
+"""Failure paths with the real operator: bad data, a killed trainer, an operator restart, API faults,
+immutable fields, and deletion that cascades to children but keeps the artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import kubernetes
+import pytest
+
+from support.cluster import GROUP, NAMESPACE, small_run
+
+
+def children(cluster, kind: str) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in cluster.store.list(kind, NAMESPACE))
+
+
+def test_failing_datasource_is_diagnosed_and_blocks_its_run(cluster):
+    cluster.start_operator()
+    documents = small_run()
+    documents[0]["spec"]["sources"] = [{"pvc": {"claimName": "corpus", "path": "nothing-here/*.txt"}}]
+    cluster.apply(documents[:2])
+    data = cluster.wait_phase("DataSource", "shakespeare", "Failed", 120)
+    assert data["failure"]["reason"] == "BadInput" and data["failure"]["exitCode"] == 2
+    assert "shakespeare-ingest-0-" in data["failure"]["pod"]
+    assert len(cluster.store.list("Pod", NAMESPACE)) == 1  # FailJob: a bad spec is not retried
+    run = cluster.wait(
+        lambda: (
+            (cluster.get("TrainingRun", "tiny-llama").get("status") or {})
+            .get("message", "")
+            .startswith("DataSource shakespeare failed")
+        ),
+        30,
+        "the run never said why it waits",
+    )
+    assert run
+    events = [e for e in cluster.store.list("Event", NAMESPACE) if e["reason"] == "BadInput"]
+    assert events and events[0]["type"] == "Warning"
+
+
+def test_killed_trainer_resumes_operator_restart_and_api_faults_are_survived(cluster):
+    cluster.start_operator()
+    cluster.apply(small_run(steps=40))
+    cluster.wait(
+        lambda: (cluster.get("TrainingRun", "tiny-llama").get("status") or {}).get("latestCheckpoint"),
+        240,
+        "no checkpoint",
+    )
+    first = cluster.get("Job", "tiny-llama-train")
+    pod = next(p for p in cluster.store.list("Pod", NAMESPACE) if p["metadata"]["name"].startswith("tiny-llama-train-"))
+    os.kill(cluster.executor.pid(pod["metadata"]["name"]), signal.SIGKILL)  # the node's trainer dies
+    cluster.stop_operator()  # and the operator restarts while that happens
+    cluster.api.server.faults.conflict_rate = 0.15  # 409s on writes
+    cluster.api.server.faults.error_rate = 0.05  # and 500s
+    cluster.api.call(cluster.api.server.cut_watches)
+    cluster.start_operator()
+    cluster.api.call(cluster.api.server.cut_watches)  # and the watch streams are cut once more
+    run = cluster.wait_phase("TrainingRun", "tiny-llama", "Succeeded", 300)
+    cluster.api.server.faults.conflict_rate = cluster.api.server.faults.error_rate = 0.0
+    assert run["restarts"] == 1 and run["lastFailure"]["exitCode"] == 137 and run["progress"] == "40/40"
+    assert cluster.get("Job", "tiny-llama-train")["metadata"]["uid"] == first["metadata"]["uid"]  # not recreated
+    assert children(cluster, "Service") == ["tiny-llama-train"]
+    logs = sorted((cluster.root / "pods" / NAMESPACE).glob("tiny-llama-train-0-*/log"))
+    assert len(logs) == 2 and '"Resumed"' in "".join(log.read_text() for log in logs)
+    cluster.wait_phase("ModelExport", "tiny-llama-export", "Succeeded", 300)
+    assert children(cluster, "Job") == ["shakespeare-ingest", "tiny-llama-export-export", "tiny-llama-train"]
+    assert len([p for p in cluster.store.list("Pod", NAMESPACE) if "-train-" in p["metadata"]["name"]]) == 2
+    assert "Restarted" in {e["reason"] for e in cluster.store.list("Event", NAMESPACE)}
+
+
+def test_immutable_fields_and_deletion_that_keeps_artifacts(cluster):
+    cluster.start_operator()
+    cluster.apply(small_run(steps=10)[:2])
+    run = cluster.wait_phase("TrainingRun", "tiny-llama", "Succeeded", 300)
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        cluster.custom.patch_namespaced_custom_object(
+            *GROUP, "trainingruns", "tiny-llama", {"spec": {"model": {"layers": 8}}}
+        )
+    assert refused.value.status == 422 and "spec.model is immutable" in json.loads(refused.value.body)["message"]
+    checkpoint = cluster.root / "volumes" / run["latestCheckpoint"]["uri"][len("pvc://") :]
+    assert checkpoint.is_dir()
+    cluster.custom.delete_namespaced_custom_object(*GROUP, "trainingruns", "tiny-llama")
+    for kind in ("Job", "Service", "ServiceAccount", "Role", "RoleBinding"):
+        assert [n for n in children(cluster, kind) if n.startswith("tiny-llama")] == [], kind
+    assert [n for n in children(cluster, "ConfigMap") if n.startswith("tiny-llama")] == []
+    assert checkpoint.is_dir() and (checkpoint.parent / "latest").is_file()  # artifacts are the user's

@@ -1,0 +1,128 @@
+"""The real operator (kopf, over HTTP) against the emulated API server, with the local Job executor
+playing the Job controller and kubelet. Point LLMTRAIN_E2E_KUBECONFIG at a real cluster's kubeconfig
+to run the same module there (`make e2e-kind`): then the cluster runs the operator and the pods."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import yaml
+
+from llmtrain.local.executor import Executor
+from llmtrain_operator.kubestore import KubeStore
+from llmtrain_operator.operator import Operator
+from llmtrain_operator.settings import Settings
+from support.kube_api import ServerThread
+from support.paths import ROOT
+
+NAMESPACE = "team-a"
+GROUP = ("llmtrain.dev", "v1alpha1", NAMESPACE)
+
+
+class Cluster:
+    """The API server, a client, the executor and the operator, each stoppable."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.api = ServerThread().start()
+        config = kubernetes.client.Configuration()
+        config.host = self.api.url
+        self.client = kubernetes.client.ApiClient(config)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+        self.store = KubeStore(self.client)
+        self.executor = Executor(self.store, root, NAMESPACE, kube_api=self.api.url)
+        self._executor_stop = threading.Event()
+        self._executor_thread = threading.Thread(target=self._execute, name="executor", daemon=True)
+        self._executor_thread.start()
+        self.operator: Operator | None = None
+        self._operator_stop: threading.Event | None = None
+        self._operator_thread: threading.Thread | None = None
+
+    def _execute(self) -> None:
+        while not self._executor_stop.wait(0.2):
+            # the API may be faulty on purpose; the next pass retries
+            with contextlib.suppress(kubernetes.client.ApiException, LookupError, RuntimeError):
+                self.executor.sync()
+
+    def start_operator(self, **overrides: Any) -> Operator:
+        settings = Settings(
+            api_url=self.api.url,
+            namespaces=(NAMESPACE,),
+            status_interval=1.0,
+            resync_seconds=2.0,
+            metrics_port=None,
+            **overrides,
+        )
+        self.operator = Operator(settings, self.client)
+        self._operator_stop = threading.Event()
+        operator, stop = self.operator, self._operator_stop
+        self._operator_thread = threading.Thread(
+            target=lambda: asyncio.run(operator.run(stop_flag=stop)), name="operator", daemon=True
+        )
+        self._operator_thread.start()
+        return operator
+
+    def stop_operator(self) -> None:
+        if self._operator_stop is not None:
+            self._operator_stop.set()
+            self._operator_thread.join(30)
+            self._operator_stop = None
+
+    def close(self) -> None:
+        self.stop_operator()
+        self._executor_stop.set()
+        self._executor_thread.join(30)
+        self.executor.shutdown(wait=True)
+        self.api.stop()
+
+    # -- kubectl-like helpers ------------------------------------------------------------------------
+
+    def apply(self, documents: list[dict[str, Any]]) -> None:
+        for document in documents:
+            plural = document["kind"].lower() + "s"
+            self.custom.create_namespaced_custom_object(*GROUP, plural, document)
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        return self.store.get(kind, NAMESPACE, name) or {}
+
+    def wait(self, what: Callable[[], Any], timeout: float, message: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = what()
+            if value:
+                return value
+            time.sleep(0.25)
+        raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
+
+    def wait_phase(self, kind: str, name: str, phase: str, timeout: float) -> dict[str, Any]:
+        def reached():
+            status = self.get(kind, name).get("status") or {}
+            if status.get("phase") == "Failed" and phase != "Failed":
+                raise AssertionError(f"{kind}/{name} failed: {status.get('message')}")
+            return status if status.get("phase") == phase else None
+
+        return self.wait(reached, timeout, f"{kind}/{name} never reached {phase}: {self.get(kind, name).get('status')}")
+
+
+def small_run(formats: list[str] | None = None, steps: int = 30) -> list[dict[str, Any]]:
+    """The example run, shrunk to seconds, reading the corpus from a PVC (local paths are refused in a cluster)."""
+    documents = list(yaml.safe_load_all((ROOT / "examples" / "run.yaml").read_text()))
+    documents = copy.deepcopy(documents)
+    documents[0]["spec"]["sources"] = [{"pvc": {"claimName": "corpus", "path": "shakespeare/*.txt"}}]
+    spec = documents[1]["spec"]
+    spec["model"].update(layers=2, hiddenSize=64, heads=4, kvHeads=2, intermediateSize=192, maxSeqLen=64)
+    spec["training"].update(maxSteps=steps, microBatchSize=4)
+    spec["training"]["scheduler"]["warmupSteps"] = 3
+    spec["validation"] = {"everySteps": 10, "batches": 2}
+    spec["checkpointing"] = {"everySteps": 5, "keepLast": 2, "keepBest": 1}
+    documents[2]["spec"]["formats"] = formats or ["safetensors"]
+    documents[2]["spec"]["quantization"] = "none"
+    return documents
