@@ -65,6 +65,7 @@ bench: install bench-corpora ## run the benchmarks (minutes); results as JSON in
 	$(BIN)/python bench/minhash.py > bench/results/minhash.json
 	$(BIN)/python bench/ingest.py --large > bench/results/ingest.json
 	$(BIN)/python bench/tokenizer.py > bench/results/tokenizer.json
+	$(BIN)/python bench/operator.py --runs 1000 > bench/results/operator.json
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -15,14 +15,13 @@ import time
 from typing import Any
 
 import kopf
-import kubernetes
 
 from llmtrain.api import KINDS
 from llmtrain.api.common import GROUP, VERSION
 from llmtrain.control import Reconciler
 from llmtrain.core import Plan, naming
 
-from .kubestore import KubeStore
+from .kubestore import Connection, KubeStore
 from .metrics import Metrics
 from .settings import Settings
 
@@ -31,32 +30,27 @@ KIND_LABELS = {naming.kind_label(kind.KIND): kind.KIND for kind in KINDS}
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 
 
-def api_client(settings: Settings) -> kubernetes.client.ApiClient:
-    """The API client for the operator's own calls: explicit URL, else in-cluster, else kubeconfig."""
-    config = kubernetes.client.Configuration()
+def connection(settings: Settings) -> Connection:
+    """Where the operator's own calls go: an explicit URL, else kopf's service-account or kubeconfig login."""
     if settings.api_url:
-        config.host = settings.api_url
-    else:
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=config)
-        except kubernetes.config.ConfigException:
-            try:
-                kubernetes.config.load_kube_config(client_configuration=config)
-            except (kubernetes.config.ConfigException, FileNotFoundError, TypeError) as exc:
-                raise kopf.PermanentError(
-                    "no Kubernetes API: not in a cluster, no usable kubeconfig, and LLMTRAIN_KUBE_API is unset"
-                ) from exc
-    config.connection_pool_maxsize = 32
-    return kubernetes.client.ApiClient(config)
+        return Connection(settings.api_url.rstrip("/"))
+    info = kopf.login_with_service_account(settings=kopf.OperatorSettings()) or kopf.login_with_kubeconfig(
+        settings=kopf.OperatorSettings()
+    )
+    if info is None:
+        raise kopf.PermanentError(
+            "no Kubernetes API: not in a cluster, no usable kubeconfig, and LLMTRAIN_KUBE_API is unset"
+        )
+    return Connection.from_kopf(info)
 
 
 class Operator:
     """One operator instance: its registry, store, reconciler and metrics (tests run several in turn)."""
 
-    def __init__(self, settings: Settings, client: kubernetes.client.ApiClient | None = None) -> None:
+    def __init__(self, settings: Settings, store: KubeStore | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.store = KubeStore(client or api_client(settings))
+        self.store = store or KubeStore(connection(settings), pool=settings.workers + 4)
         self.reconciler = Reconciler(self.store, settings.context(), on_plan=self._observed)
         self.registry = kopf.OperatorRegistry()
         self._stop = threading.Event()
@@ -124,7 +118,10 @@ class Operator:
         @kopf.on.startup(registry=registry)
         def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             settings.posting.enabled = False  # the core posts one Event per transition itself
-            settings.execution.max_workers = 16
+            # the watched namespaces are named, and the CRDs are installed before the operator (Helm):
+            # no need to list or watch Namespaces and CRDs, so no RBAC for them either
+            settings.scanning.disabled = True
+            settings.execution.max_workers = self.settings.workers
             settings.watching.server_timeout = 300
             settings.watching.client_timeout = 330
             settings.networking.request_timeout = 60
@@ -138,7 +135,7 @@ class Operator:
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
             if self.settings.api_url:
                 return kopf.ConnectionInfo(server=self.settings.api_url, insecure=True, default_namespace="default")
-            return kopf.login_via_client(**kwargs)
+            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
         for kind in KINDS:
             kopf.on.event(GROUP, VERSION, kind.PLURAL, registry=registry)(self._on_resource)

@@ -22,6 +22,7 @@ class Settings:
     s3_endpoint: str | None = None
     status_interval: float = 10.0
     resync_seconds: float = 30.0
+    workers: int = 4  # threads running reconciles (each resource under its own lock)
     metrics_port: int | None = 8080
     #: Talk to this API server instead of the in-cluster or kubeconfig one (tests, port-forwards).
     api_url: str | None = None
@@ -72,6 +73,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         s3_endpoint=env.get("LLMTRAIN_S3_ENDPOINT") or None,
         status_interval=_number(env, "LLMTRAIN_STATUS_INTERVAL", 10.0, 0.0),
         resync_seconds=_number(env, "LLMTRAIN_RESYNC_SECONDS", 30.0, 1.0),
+        workers=int(_number(env, "LLMTRAIN_WORKERS", 4, 1)),
         metrics_port=int(_number(env, "LLMTRAIN_METRICS_PORT", 8080, 0)) if port not in ("", "0") else None,
         api_url=env.get("LLMTRAIN_KUBE_API") or None,
     )

@@ -37,7 +37,7 @@ class Cluster:
         config.host = self.api.url
         self.client = kubernetes.client.ApiClient(config)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
-        self.store = KubeStore(self.client)
+        self.store = KubeStore(self.api.url)
         self.executor = Executor(self.store, root, NAMESPACE, kube_api=self.api.url)
         self._executor_stop = threading.Event()
         self._executor_thread = threading.Thread(target=self._execute, name="executor", daemon=True)
@@ -49,7 +49,7 @@ class Cluster:
     def _execute(self) -> None:
         while not self._executor_stop.wait(0.2):
             # the API may be faulty on purpose; the next pass retries
-            with contextlib.suppress(kubernetes.client.ApiException, LookupError, RuntimeError):
+            with contextlib.suppress(LookupError, RuntimeError):
                 self.executor.sync()
 
     def start_operator(self, **overrides: Any) -> Operator:
@@ -57,11 +57,11 @@ class Cluster:
             api_url=self.api.url,
             namespaces=(NAMESPACE,),
             status_interval=1.0,
-            resync_seconds=2.0,
+            resync_seconds=60.0,  # events drive the tests; resync is only a safety net
             metrics_port=None,
             **overrides,
         )
-        self.operator = Operator(settings, self.client)
+        self.operator = Operator(settings)
         self._operator_stop = threading.Event()
         operator, stop = self.operator, self._operator_stop
         self._operator_thread = threading.Thread(

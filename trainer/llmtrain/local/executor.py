@@ -70,6 +70,7 @@ class Process:
     env: dict[str, str] = field(default_factory=dict)
     exit_code: int | None = None  # set once the process ended; the pod status may still need writing
     message: str = ""
+    running_status: dict[str, Any] | None = None  # the Running status, until it is written
 
 
 class Executor:
@@ -258,8 +259,7 @@ class Executor:
         }
         created = self.store.create(pod)
         created["status"] = {"phase": "Pending"}
-        self.store.patch_status("Pod", meta["namespace"], created["metadata"]["name"], {"phase": "Pending"})
-        self._start(created, job)
+        self._start(created, job)  # a status write that fails is retried by the next pass, never lost
         return created
 
     def _stop_pods(self, active: list[dict[str, Any]], reason: str) -> None:
@@ -323,8 +323,19 @@ class Executor:
                 }
             ],
         }
-        self.store.patch_status("Pod", meta["namespace"], meta["name"], status)
+        self.processes[meta["uid"]].running_status = status
+        self._write_running(self.processes[meta["uid"]])
         log.info("pod started", extra={"pod": meta["name"], "pid": popen.pid})
+
+    def _write_running(self, process: Process) -> None:
+        meta = process.pod["metadata"]
+        try:
+            self.store.patch_status("Pod", meta["namespace"], meta["name"], process.running_status or {})
+            process.running_status = None
+        except NotFound:
+            process.running_status = None
+        except Exception as exc:  # retried by the next pass
+            log.warning("pod status not written", extra={"pod": meta["name"], "error": str(exc)[:500]})
 
     def pid(self, pod_name: str) -> int | None:
         """The process id of a running pod (for tests that kill it)."""
@@ -413,6 +424,8 @@ class Executor:
         for uid, process in list(self.processes.items()):
             if process.exit_code is None:
                 code = process.popen.poll()
+                if code is None and process.running_status is not None:
+                    self._write_running(process)
                 if code is None:
                     if process.stop_requested is not None and time.monotonic() - process.stop_requested > process.grace:
                         _kill_group(process.popen)
