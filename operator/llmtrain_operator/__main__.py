@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import sys
 
 from llmtrain import logs
@@ -23,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL")
     args = parser.parse_args(argv)
     logs.setup()
+    json_lines = logging.StreamHandler(sys.stderr)  # kopf's own records, as JSON lines too
+    json_lines.setFormatter(logs.JsonFormatter())
+    logging.getLogger("kopf").addHandler(json_lines)
+    logging.getLogger("kopf").setLevel(logging.INFO)
+    logging.getLogger("kopf").propagate = False
     try:
         settings = from_env()
     except ConfigurationError as exc:

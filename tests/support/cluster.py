@@ -1,6 +1,5 @@
 """The real operator (kopf, over HTTP) against the emulated API server, with the local Job executor
-playing the Job controller and kubelet. Point LLMTRAIN_E2E_KUBECONFIG at a real cluster's kubeconfig
-to run the same module there (`make e2e-kind`): then the cluster runs the operator and the pods."""
+playing the Job controller and kubelet (its pods' processes reach the same API server)."""
 
 from __future__ import annotations
 

@@ -61,3 +61,16 @@ def test_metrics_follow_the_status():
     assert "llmtrain_run_checkpoint_timestamp_seconds" in text
     metrics.forget("TrainingRun", "ns", "r")
     assert 'llmtrain_run_step{namespace="ns",run="r"}' not in generate_latest(metrics.registry).decode()
+
+
+def test_the_operator_refuses_bad_configuration_at_start_up():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LLMTRAIN_STORAGE_ROOT": "s3://models/llm"}
+    env.pop("LLMTRAIN_STORAGE_SECRET", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "llmtrain_operator"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "LLMTRAIN_STORAGE_SECRET is unset" in result.stderr
