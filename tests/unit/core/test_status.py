@@ -194,6 +194,10 @@ def test_suspend_and_kueue_queue(run_world, bodies):
     assert plan.status["phase"] == "Suspended"
     assert get_condition(plan.status["conditions"], "Suspended")["reason"] == "Queued"
     assert not [a for a in plan.actions if a.verb == "patch"]  # Kueue, not the operator, unsuspends
+    admitted = copy.deepcopy(queued)
+    admitted["spec"]["suspend"] = False  # Kueue admitted it: the operator leaves it running
+    plan = observe(job=admitted, body=body, pods=[pod(job)])
+    assert plan.status["phase"] == "Running" and not [a for a in plan.actions if a.verb == "patch"]
     body["spec"]["suspend"] = True
     plan = observe(job=job, body=body, pods=[pod(job)])
     assert [(a.verb, a.patch) for a in plan.actions if a.verb == "patch"] == [("patch", {"spec": {"suspend": True}})]

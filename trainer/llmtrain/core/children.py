@@ -292,7 +292,8 @@ def trainingrun(
         placement["tolerations"] = [t.to_wire() for t in compute.tolerations]
     vocab = source.spec.tokenizer.vocab_size
     spec = pods.pod_spec([trainer], vols, grace_seconds(run, vocab), service_account=account, extra=placement)
-    queue = {"kueue.x-k8s.io/queue-name": run.spec.queue_name} if run.spec.queue_name else None
+    kueue = bool(run.spec.queue_name) and not ctx.local  # no Kueue on one machine: run at once
+    queue = {"kueue.x-k8s.io/queue-name": run.spec.queue_name} if kueue else None
     train = job(
         body,
         naming.train_job(name),
@@ -303,11 +304,12 @@ def trainingrun(
         completions=compute.nodes,
         # one retryable failure usually fails every node's pod (the others lose their peers)
         backoff_limit=run.spec.max_restarts * compute.nodes,
-        suspend=run.spec.suspend or bool(run.spec.queue_name),
+        suspend=run.spec.suspend or kueue,
         active_deadline=run.spec.active_deadline_seconds,
         job_labels=queue,
         inputs=configmap["data"],
     )
+    train["metadata"]["annotations"] = {"llmtrain.dev/suspend": "true" if run.spec.suspend else "false"}
     return [configmap, progress, *rbac, service, train]
 
 

@@ -17,6 +17,8 @@ from .status import StatusBuilder, apply_progress, data_stats, final_report, iso
 
 Key = tuple[str, str]  # (kind, name)
 TERMINAL = ("Succeeded", "Failed")
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+SUSPEND_ANNOTATION = "llmtrain.dev/suspend"
 
 
 @dataclass
@@ -135,8 +137,9 @@ def _actions(desired: list[dict[str, Any]], observed: Observed) -> list[Action]:
         if found is None:
             out.append(Action("create", obj))
         elif obj["kind"] == "Job":
-            if bool(found.get("spec", {}).get("suspend")) != bool(obj["spec"].get("suspend")):
-                out.append(Action("patch", obj, {"spec": {"suspend": obj["spec"]["suspend"]}}))
+            suspend = _suspend_patch(found, obj)
+            if suspend is not None:
+                out.append(Action("patch", obj, {"spec": {"suspend": suspend}}))
         elif obj["kind"] == "ConfigMap" and key[1].endswith("-progress"):
             continue  # the trainer writes its data
         elif any(found.get(k) != obj.get(k) for k in ("data", "rules", "subjects", "roleRef")) or (
@@ -144,6 +147,18 @@ def _actions(desired: list[dict[str, Any]], observed: Observed) -> list[Action]:
         ):
             out.append(Action("update", obj))
     return out
+
+
+def _suspend_patch(found: dict[str, Any], want: dict[str, Any]) -> bool | None:
+    """The suspend value to patch onto an existing Job, if any. A queued Job (Kueue) is created suspended
+    and Kueue admits it by unsuspending it: the operator then only suspends it again when the spec asks."""
+    have, wanted = bool(found.get("spec", {}).get("suspend")), bool(want["spec"].get("suspend"))
+    if have == wanted:
+        return None
+    if QUEUE_LABEL in (want["metadata"].get("labels") or {}):
+        asked = (want["metadata"].get("annotations") or {}).get(SUSPEND_ANNOTATION) == "true"
+        return True if asked and not have else None
+    return wanted
 
 
 def _stale(job: dict[str, Any] | None, want: dict[str, Any]) -> bool:
@@ -257,7 +272,7 @@ def _trainingrun(body, run: TrainingRun, namespace: str, observed: Observed, ctx
             status["lastFailure"] = last.to_status()
     status["restarts"] = max(restarts, int(status.get("restarts") or 0))
     suspended = state == "Suspended"
-    queued = suspended and not run.spec.suspend and bool(run.spec.queue_name)
+    queued = suspended and not run.spec.suspend and bool(run.spec.queue_name) and not ctx.local
     builder.condition(
         "Suspended",
         suspended,
