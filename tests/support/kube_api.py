@@ -167,6 +167,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         self.watch_generation = 0
         self.writes = 0
         self.counts: dict[str, int] = {}
+        self.calls: set[tuple[str, str, str, str, str]] = set()
         for (group_version, plural), (kind, namespaced) in BUILTINS.items():
             self.resources[f"{group_version}/{plural}"] = kmock.ResourceInfo(
                 kind=kind,
@@ -222,6 +223,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             await asyncio.sleep(self.faults.latency)
         method = str(request.method).upper().split(".")[-1]
         self.counts[method] = self.counts.get(method, 0) + 1
+        self._record_call(request, key, method)
         params = request.params
         if method in ("POST", "PUT", "PATCH", "DELETE"):
             self.writes += 1
@@ -248,6 +250,17 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         except ApiError as exc:
             return _status(exc.code, exc.reason, exc.message)
         return _status(405, "MethodNotAllowed", f"{method} is not supported")
+
+    def _record_call(self, request: kmock.Request, key: tuple[str, str], method: str) -> None:
+        """Who called what, as RBAC sees it: (client, verb, API group, resource[/subresource], name)."""
+        agent = (request.headers.get("User-Agent") or "").split("/")[0]
+        watch = str(request.params.get("watch", "")).lower() in ("true", "1")
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method) or (
+            "watch" if watch else ("get" if request.name else "list")
+        )
+        group = key[0].rpartition("/")[0]
+        resource = key[1] + (f"/{request.subresource}" if request.subresource else "")
+        self.calls.add((agent, verb, group, resource, request.name or ""))
 
     # -- reads ---------------------------------------------------------------------------------------
 

@@ -153,7 +153,8 @@ def _suspend_patch(found: dict[str, Any], want: dict[str, Any]) -> bool | None:
     """The suspend value to patch onto an existing Job, if any. A queued Job (Kueue) is created suspended
     and Kueue admits it by unsuspending it: the operator then only suspends it again when the spec asks."""
     have, wanted = bool(found.get("spec", {}).get("suspend")), bool(want["spec"].get("suspend"))
-    if have == wanted:
+    finished = diagnosis.job_condition(found, "Complete") or diagnosis.job_condition(found, "Failed")
+    if have == wanted or finished:
         return None
     if QUEUE_LABEL in (want["metadata"].get("labels") or {}):
         asked = (want["metadata"].get("annotations") or {}).get(SUSPEND_ANNOTATION) == "true"

@@ -42,6 +42,7 @@ class ConfigMapSink:
         body = json.dumps({"data": {KEY: json.dumps(report, separators=(",", ":"))}}).encode()
         request = urllib.request.Request(self._server() + self.path, data=body, method="PATCH")
         request.add_header("Content-Type", "application/merge-patch+json")
+        request.add_header("User-Agent", "llmtrain-trainer")
         token = ACCOUNT_DIR / "token"
         if token.exists():
             request.add_header("Authorization", f"Bearer {token.read_text().strip()}")

@@ -1,0 +1,49 @@
+{{- define "llmtrain.name" -}}llmtrain-operator{{- end -}}
+
+{{- define "llmtrain.labels" -}}
+app.kubernetes.io/name: llmtrain
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "llmtrain.selector" -}}
+app.kubernetes.io/name: llmtrain
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "llmtrain.fullname" -}}{{ printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+
+{{/* The operator's permissions, one rule per resource, each verb used by the code (see docs/operator.md). */}}
+{{- define "llmtrain.rules" -}}
+- apiGroups: ["llmtrain.dev"]
+  resources: ["datasources", "trainingruns", "modelexports"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["llmtrain.dev"]
+  resources: ["datasources/status", "trainingruns/status", "modelexports/status"]
+  verbs: ["patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "update"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "update"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "update"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end -}}

@@ -1,0 +1,107 @@
+"""The chart's RBAC is exactly what the operator calls: every verb it uses is granted, and nothing more.
+
+The calls are not listed by hand: the emulated API server records every request by client (User-Agent:
+kopf's watches, the operator's `KubeStore`, the trainer's progress sink) while the operator runs every
+code path that touches the API: a run end to end, a training setting raised (the Job is replaced and
+resumes), and drift on its children (a Role, a RoleBinding, a Service, a spec ConfigMap) corrected.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from support.cluster import NAMESPACE, small_run
+from support.paths import ROOT
+
+HELM = ROOT / ".tools" / "bin" / "helm"
+
+
+def granted() -> set[tuple[str, str, str]]:
+    text = subprocess.run(
+        [
+            str(HELM),
+            "template",
+            "llmtrain",
+            str(ROOT / "charts" / "llmtrain"),
+            "--set",
+            f"watchNamespaces={{{NAMESPACE}}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    role = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Role")
+    return {
+        (verb, group, resource)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+@pytest.mark.skipif(not HELM.exists(), reason="helm is not installed: run `make tools`")
+def test_chart_rbac_is_exactly_what_the_operator_calls(cluster):
+    cluster.start_operator(resync_seconds=2.0)
+    cluster.apply(small_run(steps=8))
+    cluster.wait_phase("ModelExport", "tiny-llama-export", "Succeeded", 300)
+
+    def edit(spec: dict) -> None:
+        cluster.custom.patch_namespaced_custom_object(
+            "llmtrain.dev", "v1alpha1", NAMESPACE, "trainingruns", "tiny-llama", {"spec": spec}
+        )
+
+    def finished_generation(generation: int) -> dict | None:
+        status = cluster.get("TrainingRun", "tiny-llama").get("status") or {}
+        ok = status.get("phase") == "Succeeded" and status.get("observedGeneration") == generation
+        return status if ok else None
+
+    # train longer, suspended: the Job is replaced (a new one, created suspended), then resumed
+    edit({"training": {"maxSteps": 12}, "suspend": True})
+    suspended = cluster.wait_phase("TrainingRun", "tiny-llama", "Suspended", 120)
+    assert suspended["observedGeneration"] == 2 and cluster.get("Job", "tiny-llama-train")["spec"]["suspend"]
+    edit({"suspend": False})
+    done = cluster.wait(lambda: finished_generation(3), 300, "the run did not continue to 12 steps")
+    assert done["progress"] == "12/12" and done["latestCheckpoint"]["step"] == 12
+
+    store = cluster.store
+    store.patch(
+        "Role",
+        NAMESPACE,
+        "tiny-llama-trainer",
+        {"rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]},
+    )
+    store.patch(
+        "RoleBinding",
+        NAMESPACE,
+        "tiny-llama-trainer",
+        {"subjects": [{"kind": "ServiceAccount", "name": "intruder", "namespace": "x"}]},
+    )
+    store.patch("Service", NAMESPACE, "tiny-llama-train", {"spec": {"selector": {"app": "elsewhere"}}})
+    store.patch("ConfigMap", NAMESPACE, "shakespeare-ingest-spec", {"data": {"resource.yaml": "tampered"}})
+
+    def restored() -> bool:
+        role = store.get("Role", NAMESPACE, "tiny-llama-trainer")
+        binding = store.get("RoleBinding", NAMESPACE, "tiny-llama-trainer")
+        service = store.get("Service", NAMESPACE, "tiny-llama-train")
+        spec = store.get("ConfigMap", NAMESPACE, "shakespeare-ingest-spec")
+        return (
+            role["rules"][0]["resources"] == ["configmaps"]
+            and binding["subjects"][0]["name"] == "tiny-llama-trainer"
+            and "app" not in service["spec"]["selector"]
+            and spec["data"]["resource.yaml"] != "tampered"
+        )
+
+    cluster.wait(restored, 60, "drift on owned objects was not corrected")
+
+    calls = cluster.api.server.calls
+    operator = {
+        (verb, group, resource) for agent, verb, group, resource, _ in calls if agent in ("kopf", "llmtrain-operator")
+    }
+    assert operator == granted()  # every call granted, every grant used
+
+    trainer = {(verb, resource, name) for agent, verb, _, resource, name in calls if agent == "llmtrain-trainer"}
+    assert trainer == {("patch", "configmaps", "tiny-llama-progress")}  # its own ConfigMap, nothing else

@@ -1,0 +1,107 @@
+"""The Helm chart, rendered by the real helm binary (`make tools`) and validated object by object."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from support.paths import ROOT
+
+HELM = ROOT / ".tools" / "bin" / "helm"
+CHART = ROOT / "charts" / "llmtrain"
+VALUE_SETS = {
+    "default": [],
+    "namespaced-s3": [
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+        "--set",
+        "storage.root=s3://models/llm",
+        "--set",
+        "storage.secret=s3-creds",
+        "--set",
+        "storage.s3Endpoint=http://minio:9000",
+    ],
+    "monitoring": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.port=9090"],
+    "placement": [
+        "--set",
+        "nodeSelector.pool=system",
+        "--set",
+        "image.tag=0.1.1",
+        "--set",
+        "imagePullSecrets[0].name=registry",
+        "--set",
+        "operator.workers=8",
+    ],
+}
+pytestmark = pytest.mark.skipif(not HELM.exists(), reason="helm is not installed: run `make tools`")
+
+
+def helm(*args: str) -> str:
+    result = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def render(values: list[str]) -> list[dict]:
+    text = helm("template", "llmtrain", str(CHART), "--namespace", "llmtrain-system", *values)
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_lint_strict(name):
+    helm("lint", "--strict", str(CHART), *VALUE_SETS[name])
+
+
+@pytest.mark.parametrize("version", ["1.29", "1.35"])
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_rendered_object_is_valid(name, version):
+    objects = render(VALUE_SETS[name])
+    for obj in objects:
+        if obj["apiVersion"].startswith("monitoring.coreos.com"):
+            continue  # a Prometheus Operator custom resource: not in the Kubernetes schemas
+        kubernetes_validate.validate(obj, version, strict=True)
+    kinds = sorted(o["kind"] for o in objects)
+    if name == "namespaced-s3":
+        assert kinds.count("Role") == 2 and "ClusterRole" not in kinds  # nothing cluster-wide
+    if name == "monitoring":
+        assert "ServiceMonitor" in kinds
+
+
+def test_values_schema_refuses_bad_values():
+    for bad in (
+        ["--set", "storage.root=/data"],
+        ["--set", "storage.root=s3://b/p"],
+        ["--set", "operator.workers=0"],
+        ["--set", "watchNamespaces={Team_A}"],
+        ["--set", "unknownKey=1"],
+    ):
+        result = subprocess.run([str(HELM), "template", "x", str(CHART), *bad], capture_output=True, text=True)
+        assert result.returncode != 0, bad
+
+
+def test_operator_pod_is_locked_down_and_single():
+    deployment = next(o for o in render([]) if o["kind"] == "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert (
+        pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    )
+    container = pod["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" and container["resources"]["requests"]
+
+
+def test_chart_crds_are_the_generated_ones():
+    generated = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == generated
+    for name in generated:
+        assert filecmp.cmp(ROOT / "crds" / name, CHART / "crds" / name, shallow=False), f"run `make crds`: {name}"
