@@ -55,9 +55,10 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-crds: install ## regenerate crds/*.yaml and docs/api.md from the pydantic models
+crds: install ## regenerate crds/*.yaml, docs/api.md, the chart's CRDs and the Argo CD snippet
 	$(BIN)/python -m llmtrain.api.crdgen crds docs/api.md
 	cp crds/*.yaml charts/llmtrain/crds/
+	$(BIN)/python charts/argocd/render.py
 
 lock: ## resolve pyproject.toml afresh (no constraints) and re-pin constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
