@@ -25,8 +25,8 @@ def health(kind: str, obj: dict) -> tuple[str, str]:
     from lupa.lua51 import LuaRuntime
 
     lua = LuaRuntime(unpack_returned_tuples=True)
-    lua.globals().obj = _to_lua(lua, obj)
-    result = lua.execute((HEALTH / f"{kind.lower()}.lua").read_text())
+    lua.globals().obj = _to_lua(lua, {**obj, "kind": kind})
+    result = lua.execute((HEALTH / "llmtrain.lua").read_text())
     return result["status"], result["message"]
 
 
@@ -143,5 +143,5 @@ def test_the_argocd_snippet_carries_the_scripts():
     snippet = yaml.safe_load((ROOT / "charts" / "argocd" / "argocd-cm.yaml").read_text())
     for kind in ("DataSource", "TrainingRun", "ModelExport"):
         script = snippet["data"][f"resource.customizations.health.llmtrain.dev_{kind}"]
-        assert script == (HEALTH / f"{kind.lower()}.lua").read_text(), "run `make argocd`"
+        assert script == (HEALTH / "llmtrain.lua").read_text(), "run `make crds`"
     assert json.dumps(snippet["metadata"]["labels"]) == '{"app.kubernetes.io/part-of": "argocd"}'

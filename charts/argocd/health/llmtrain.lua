@@ -1,7 +1,12 @@
--- Argo CD health of an llmtrain.dev TrainingRun (Lua 5.1, as Argo CD runs it).
--- Healthy once the operator reports Succeeded=True for the current generation; Degraded when it failed,
--- stalled, or waits on a dependency that failed; Suspended when suspended; Progressing otherwise.
+-- Argo CD health of the llmtrain.dev kinds (Lua 5.1, as Argo CD runs it); one script for all three.
+-- Healthy once the operator reports the summary condition (Ready for a DataSource, Succeeded for a
+-- TrainingRun or ModelExport) True for the current generation; Degraded when it failed, stalled, or
+-- waits on a dependency that failed; Suspended when suspended; Progressing otherwise.
 local hs = {}
+local summary_type = "Succeeded"
+if obj.kind == "DataSource" then
+  summary_type = "Ready"
+end
 local function condition(type)
   if obj.status == nil or obj.status.conditions == nil then
     return nil
@@ -21,7 +26,7 @@ if obj.status == nil or obj.status.observedGeneration == nil
   return hs
 end
 local message = obj.status.message or ""
-local summary = condition("Succeeded")
+local summary = condition(summary_type)
 if obj.status.phase == "Failed" then
   hs.status = "Degraded"
   hs.message = message
