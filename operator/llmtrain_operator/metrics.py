@@ -7,6 +7,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from llmtrain.core.status import parse_time
+
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
 
 
@@ -43,6 +45,18 @@ class Metrics:
         self.alerts = Gauge(
             "llmtrain_run_alerts", "Alerts in the run's status, by type.", ["namespace", "run", "type"], registry=r
         )
+        self.phase = Gauge(
+            "llmtrain_run_phase",
+            "1 for the run's current phase, 0 for the others.",
+            ["namespace", "run", "phase"],
+            registry=r,
+        )
+        self.last_progress = Gauge(
+            "llmtrain_run_last_progress_timestamp_seconds",
+            "When the step last advanced (Unix time).",
+            ["namespace", "run"],
+            registry=r,
+        )
         self._phases: dict[tuple[str, str, str], str] = {}
 
     def serve(self, port: int) -> None:
@@ -59,6 +73,8 @@ class Metrics:
         if kind != "TrainingRun":
             return
         labels = (meta["namespace"], meta["name"])
+        for p in PHASES:
+            self.phase.labels(*labels, p).set(1 if p == phase else 0)
         for gauge, field in (
             (self.step, "step"),
             (self.total_steps, "totalSteps"),
@@ -70,13 +86,13 @@ class Metrics:
         ):
             if isinstance(status.get(field), (int, float)):
                 gauge.labels(*labels).set(status[field])
-        when = (status.get("latestCheckpoint") or {}).get("time")
-        if when:
-            from llmtrain.core.status import parse_time
-
+        for gauge, when in (
+            (self.checkpoint_time, (status.get("latestCheckpoint") or {}).get("time")),
+            (self.last_progress, status.get("lastProgressTime")),
+        ):
             moment = parse_time(when)
             if moment is not None:
-                self.checkpoint_time.labels(*labels).set(moment.timestamp())
+                gauge.labels(*labels).set(moment.timestamp())
         counts: dict[str, int] = {}
         for alert in status.get("alerts") or []:
             counts[alert["type"]] = counts.get(alert["type"], 0) + 1
@@ -95,6 +111,10 @@ class Metrics:
                 self.mfu,
                 self.restarts,
                 self.checkpoint_time,
+                self.last_progress,
             ):
                 with contextlib.suppress(KeyError):
                     gauge.remove(namespace, name)
+            for phase in PHASES:
+                with contextlib.suppress(KeyError):
+                    self.phase.remove(namespace, name, phase)

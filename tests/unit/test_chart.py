@@ -25,7 +25,16 @@ VALUE_SETS = {
         "--set",
         "storage.s3Endpoint=http://minio:9000",
     ],
-    "monitoring": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.port=9090"],
+    "monitoring": [
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.port=9090",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        "--set",
+        "metrics.grafanaDashboard.enabled=true",
+    ],
     "placement": [
         "--set",
         "nodeSelector.pool=system",
@@ -68,7 +77,7 @@ def test_every_rendered_object_is_valid(name, version):
     if name == "namespaced-s3":
         assert kinds.count("Role") == 2 and "ClusterRole" not in kinds  # nothing cluster-wide
     if name == "monitoring":
-        assert "ServiceMonitor" in kinds
+        assert {"ServiceMonitor", "PrometheusRule"} <= set(kinds) and kinds.count("ConfigMap") == 1  # dashboard
 
 
 def test_values_schema_refuses_bad_values():

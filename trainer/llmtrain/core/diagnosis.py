@@ -71,7 +71,7 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def exit_finding(pod: dict[str, Any], state: dict[str, Any], what: str) -> Finding:
+def exit_finding(pod: dict[str, Any], state: dict[str, Any]) -> Finding:
     """Classify one terminated container: exit-code class, OOMKilled, the workload's own error."""
     name = pod["metadata"]["name"]
     code = state.get("exitCode")
@@ -115,7 +115,7 @@ def exit_finding(pod: dict[str, Any], state: dict[str, Any], what: str) -> Findi
 CONSEQUENCES = ("Terminated", "Interrupted")
 
 
-def failed_pod(pods: list[dict[str, Any]], what: str = "") -> Finding | None:
+def failed_pod(pods: list[dict[str, Any]]) -> Finding | None:
     """The failure that explains the others: permanent exit codes first, then causes (OOM, errors,
     kills) before consequences (SIGTERM), then the earliest finish."""
     findings: list[tuple[int, str, Finding]] = []
@@ -129,7 +129,7 @@ def failed_pod(pods: list[dict[str, Any]], what: str = "") -> Finding | None:
             finding = Finding(reason, f"pod {pod['metadata']['name']}: {message}", pod["metadata"]["name"], rank(pod))
             findings.append((1, "", finding))
             continue
-        finding = exit_finding(pod, state, what)
+        finding = exit_finding(pod, state)
         rank_ = 0 if finding.permanent else (2 if finding.reason in CONSEQUENCES else 1)
         findings.append((rank_, state.get("finishedAt") or "", finding))
     if not findings:

@@ -432,6 +432,9 @@ class Executor:
                     continue
                 _kill_group(process.popen)  # whatever the container's main process left behind
                 process.exit_code = code if code >= 0 else 128 - code
+                if process.exit_code != 0:  # the replacement rendezvous on a fresh port: the dead one's
+                    job_uid = process.pod["metadata"]["labels"].get("batch.kubernetes.io/controller-uid")
+                    self._ports.pop(job_uid, None)  # sockets may linger (pods share one network here)
                 process.message = self._termination_message(process)
             reason = "Completed" if process.exit_code == 0 else "Error"
             try:

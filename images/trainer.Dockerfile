@@ -1,0 +1,37 @@
+# The llmtrain workloads: one image runs `llmtrain ingest`, `llmtrain launch -- <torchrun args>` (train)
+# and `llmtrain export`. CUDA runtime + torch (its CUDA wheel) + the workload package.
+#   docker build -f images/trainer.Dockerfile -t ghcr.io/llmtrain/trainer:0.1.0 .
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+
+FROM ${CUDA_IMAGE} AS build
+ARG PYTHON=python3.11
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends software-properties-common \
+ && add-apt-repository -y ppa:deadsnakes/ppa \
+ && apt-get install -y --no-install-recommends ${PYTHON} ${PYTHON}-venv ${PYTHON}-dev build-essential \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY trainer/ trainer/
+COPY operator/ operator/
+RUN ${PYTHON} -m venv /opt/llmtrain \
+ && /opt/llmtrain/bin/pip install --no-cache-dir --upgrade pip \
+ && /opt/llmtrain/bin/pip install --no-cache-dir -c constraints.txt ".[train]"
+
+FROM ${CUDA_IMAGE}
+ARG PYTHON=python3.11
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends software-properties-common \
+ && add-apt-repository -y ppa:deadsnakes/ppa \
+ && apt-get install -y --no-install-recommends ${PYTHON} libgomp1 \
+ && apt-get purge -y software-properties-common && apt-get autoremove -y \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 1000 llmtrain && useradd --uid 1000 --gid 1000 --no-create-home --shell /usr/sbin/nologin llmtrain
+COPY --from=build /opt/llmtrain /opt/llmtrain
+ENV PATH=/opt/llmtrain/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/scratch \
+    TMPDIR=/scratch/tmp
+USER 1000:1000
+ENTRYPOINT ["llmtrain"]
