@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from support.cluster import NAMESPACE, small_run
 
@@ -26,4 +25,3 @@ def test_example_run_succeeds_end_to_end(cluster):
     assert progress["step"] == 30  # the trainer patched its own ConfigMap over HTTP
     reasons = {e["reason"] for e in cluster.store.list("Event", NAMESPACE)}
     assert {"Ingested", "CheckpointSaved", "Trained", "Exported"} <= reasons
-    assert isinstance(Path, type)
