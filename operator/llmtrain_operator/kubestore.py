@@ -215,9 +215,4 @@ class KubeStore:
         return None  # the trainer patches the ConfigMap itself
 
     def progress(self, namespace: str, configmap: str) -> dict[str, Any] | None:
-        found = self.get("ConfigMap", namespace, configmap)
-        text = ((found or {}).get("data") or {}).get("progress.json")
-        try:
-            return json.loads(text) if text else None
-        except ValueError:
-            return None
+        return None  # in the ConfigMap, read with the run's other children (no second GET)

@@ -59,6 +59,18 @@ class Metrics:
         )
         self._phases: dict[tuple[str, str, str], str] = {}
 
+    def _move(self, key: tuple[str, str, str], phase: str | None) -> None:
+        """Count a resource under its new phase (None: deleted); O(1) per reconcile."""
+        old = self._phases.pop(key, None)
+        if phase is not None:
+            self._phases[key] = phase
+        if old == phase:
+            return
+        if old is not None:
+            self.resources.labels(key[0], old).dec()
+        if phase is not None:
+            self.resources.labels(key[0], phase).inc()
+
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
 
@@ -67,9 +79,7 @@ class Metrics:
         kind, meta = body["kind"], body["metadata"]
         key = (kind, meta["namespace"], meta["name"])
         phase = status.get("phase") or "Pending"
-        self._phases[key] = phase
-        for p in PHASES:
-            self.resources.labels(kind, p).set(sum(1 for (k, _, _), v in self._phases.items() if k == kind and v == p))
+        self._move(key, phase)
         if kind != "TrainingRun":
             return
         labels = (meta["namespace"], meta["name"])
@@ -100,7 +110,7 @@ class Metrics:
             self.alerts.labels(*labels, type_).set(count)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
-        self._phases.pop((kind, namespace, name), None)
+        self._move((kind, namespace, name), None)
         if kind == "TrainingRun":
             for gauge in (
                 self.step,

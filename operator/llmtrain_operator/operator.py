@@ -74,8 +74,8 @@ class Operator:
             raise
         finally:
             self.metrics.latency.labels(kind).observe(time.perf_counter() - started)
-        if plan is not None and kind in ("DataSource", "TrainingRun"):
-            self._dependents(kind, namespace, name)
+        if plan is not None and plan.events and kind in ("DataSource", "TrainingRun"):
+            self._dependents(kind, namespace, name)  # only a transition (an Event) can unblock them
         return plan
 
     def _dependents(self, kind: str, namespace: str, name: str) -> None:

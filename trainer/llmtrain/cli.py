@@ -146,7 +146,8 @@ def _export(args: argparse.Namespace) -> int:
 
         resources = load_resources(args.file)
         resource = select_resource(resources, ModelExport, args.name)
-        from .export.pipeline import export
+        from .export.pipeline import REPORT, export
+        from .storage import join
 
         runs = {r.name: r for r in resources if r.KIND == "TrainingRun"}
         ref = resource.spec.training_run_ref
@@ -164,16 +165,10 @@ def _export(args: argparse.Namespace) -> int:
     summary = {
         "checkpoint": report.get("checkpoint"),
         "artifacts": report.get("artifacts"),
-        "reportUri": storage_join(output, "export-report.json"),
+        "reportUri": join(output, REPORT),
     }
     _report(report, summary)
     return exitcodes.OK
-
-
-def storage_join(base: str, name: str) -> str:
-    from .storage import join
-
-    return join(base, name)
 
 
 def _run(args: argparse.Namespace) -> int:

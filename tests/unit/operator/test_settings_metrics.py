@@ -59,7 +59,12 @@ def test_metrics_follow_the_status():
     assert 'llmtrain_resources{kind="TrainingRun",phase="Running"} 1.0' in text
     assert 'llmtrain_run_alerts{namespace="ns",run="r",type="LossSpike"} 1.0' in text
     assert "llmtrain_run_checkpoint_timestamp_seconds" in text
+    metrics.observe(body, {"phase": "Succeeded"})
+    text = generate_latest(metrics.registry).decode()
+    assert 'llmtrain_resources{kind="TrainingRun",phase="Running"} 0.0' in text
+    assert 'llmtrain_resources{kind="TrainingRun",phase="Succeeded"} 1.0' in text
     metrics.forget("TrainingRun", "ns", "r")
+    assert 'llmtrain_resources{kind="TrainingRun",phase="Succeeded"} 0.0' in generate_latest(metrics.registry).decode()
     assert 'llmtrain_run_step{namespace="ns",run="r"}' not in generate_latest(metrics.registry).decode()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core import Context, Observed, Plan, naming, reconcile
 from ..core.reconcile import child_keys, dependency_keys
-from ..core.status import progress_only
+from ..core.status import configmap_report, progress_only
 from .store import Conflict, NotFound, Store
 
 log = logging.getLogger("llmtrain.control")
@@ -59,7 +59,10 @@ class Reconciler:
                 if found is not None:
                     observed.dependencies[(dep_kind, dep_name)] = found
         if kind == "TrainingRun":
-            observed.progress = self.store.progress(namespace, naming.progress_configmap(name))
+            configmap = naming.progress_configmap(name)
+            observed.progress = self.store.progress(namespace, configmap) or configmap_report(
+                observed.children.get(("ConfigMap", configmap))
+            )
         return observed
 
     def reconcile(self, kind: str, namespace: str, name: str, force_status: bool = False) -> Plan | None:

@@ -40,5 +40,6 @@ class Store(Protocol):
         ...
 
     def progress(self, namespace: str, configmap: str) -> dict[str, Any] | None:
-        """The latest progress report of a run."""
+        """A run's progress report kept outside the API (the local runner's file); None when it lives in the
+        run's progress ConfigMap, which the reconciler reads with the other children."""
         ...

@@ -53,7 +53,10 @@ def _document(resource: DataSource | TrainingRun | ModelExport, namespace: str) 
     }
 
 
-def spec_configmap(body: dict[str, Any], documents: list[dict[str, Any]], labels: dict[str, str], ctx: Context):
+def spec_configmap(
+    body: dict[str, Any], documents: list[dict[str, Any]], labels: dict[str, str], ctx: Context
+) -> dict[str, Any]:
+    """The resource(s) as the pod reads them, at /etc/llmtrain/resource.yaml."""
     text = yaml.safe_dump_all(documents, sort_keys=False)
     name = naming.spec_configmap(body["kind"], body["metadata"]["name"])
     return {

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
-from . import diagnosis
+from . import diagnosis, naming
 from .conditions import set_condition
 from .diagnosis import Finding
 
@@ -172,6 +173,16 @@ def job_status(
 def data_stats(report: dict[str, Any]) -> dict[str, Any]:
     stats = report.get("stats") or {}
     return {k: stats[k] for k in STATS_FIELDS if k in stats}
+
+
+def configmap_report(configmap: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The progress report a trainer patched into its ConfigMap (`data["progress.json"]`), if any."""
+    text = ((configmap or {}).get("data") or {}).get(naming.PROGRESS_KEY)
+    try:
+        report = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def checkpoint_ref(report: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from ..api import SpecError, load_resources
 from ..api.manifests import read_documents
-from ..control import Conflict, Reconciler
+from ..control import Reconciler
 from ..core import Context
 from ..core.reconcile import TERMINAL
 from . import table
@@ -186,6 +186,3 @@ def table_text(store: FileStore, kinds: list[type] | None, wide: bool, names: li
         if objects:
             parts.append(table.render(table.rows(kind, objects, wide)))
     return "\n\n".join(parts) if parts else "No resources found."
-
-
-__all__ = ["Conflict", "apply", "run", "table_text"]
