@@ -95,6 +95,11 @@ class TrainingSpec(ApiModel):
     )
     activation_checkpointing: bool = Field(default=False, description="Recompute block activations in backward.")
     compile: bool = Field(default=False, description="torch.compile each block.")
+    deterministic: bool = Field(
+        default=False,
+        description="Deterministic GPU kernels (torch.use_deterministic_algorithms; slower): a resumed GPU run"
+        " then equals an uninterrupted one bit for bit. CPU runs are deterministic regardless.",
+    )
     seed: Annotated[int, Ge(0)] = Field(default=0, description="Seed of initialization and data order.")
     log_every_steps: Annotated[int, Ge(1)] = Field(default=10, description="Steps between metric reports.")
 

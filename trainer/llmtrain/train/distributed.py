@@ -54,6 +54,14 @@ def setup() -> World:
     return World(rank, local_rank, size, device)
 
 
+def make_deterministic() -> None:
+    """Deterministic kernels for this process (before any CUDA work): cuBLAS with a fixed workspace,
+    no cuDNN autotuning, and an error from any op that has no deterministic implementation."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

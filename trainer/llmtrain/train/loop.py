@@ -136,6 +136,8 @@ def train(run: TrainingRun, options: Options) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # DCP in a world of one
+    if run.spec.training.deterministic:
+        distributed.make_deterministic()
     world = distributed.setup()
     try:
         return _train(run, options, world)
@@ -244,12 +246,14 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
     # one GPU without FSDP: autocast stands in for FSDP's mixed-precision policy
     autocast = world.device.type == "cuda" and not world.distributed and training.precision == "bf16"
     model.train()
-    window_started, window_tokens, step_time = time.perf_counter(), 0, None
+    # tokens/s counts training time only: validation and checkpoint saves are timed apart (`paused`),
+    # or every checkpoint would read as a throughput drop
+    window_started, window_tokens, paused, step_time = time.perf_counter(), 0, 0.0, None
     last_loss, last_val = None, None
     for step in range(start, training.max_steps):
         set_lr(optimizer, training.optimizer.lr * lr_factor(step, training.max_steps, training.scheduler))
         micro_batches = batches.step(step)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
         started = time.perf_counter()
         for index, (inputs, targets) in enumerate(micro_batches):
             if world.distributed:
@@ -258,8 +262,8 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
             with torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = model.loss(inputs, targets) / len(micro_batches)
             loss.backward()
-            loss_sum += loss.item()
-        loss_value = distributed.mean_across(loss_sum, world)
+            loss_sum += loss.detach().double()
+        loss_value = distributed.mean_across(loss_sum.item(), world)  # one host sync per step
         if step == INJECT_NONFINITE_AT:
             loss_value = float("nan")  # fault injection for tests of the divergence path
         alert = detector.check_loss(step, loss_value)
@@ -284,7 +288,7 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
 
         values: dict[str, float | None] = {}
         if completed % training.log_every_steps == 0 or completed == training.max_steps:
-            window = time.perf_counter() - window_started
+            window = time.perf_counter() - window_started - paused
             tokens_per_second = window_tokens / window
             mfu = tokens_per_second * flops / (peak * world.size) if peak else None
             values = {
@@ -296,7 +300,7 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
                 "memoryMiB": memory_mib(world.device),
             }
             raise_alert(detector.check_throughput(step, tokens_per_second))
-            window_started, window_tokens = time.perf_counter(), 0
+            window_started, window_tokens, paused = time.perf_counter(), 0, 0.0
             if world.is_main:
                 line = (
                     f"step {completed}/{training.max_steps} loss {loss_value:.4f} lr {values['lr']:.2e}"
@@ -306,7 +310,9 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
                 log.info(line, extra={"step": completed, **{k: v for k, v in values.items() if v is not None}})
                 logs.human(line)
         if validation and (completed % spec.validation.every_steps == 0 or completed == training.max_steps):
+            pause_started = time.perf_counter()
             figures = evaluate(model, validation, world)
+            paused += time.perf_counter() - pause_started
             values.update({f"val/{k}": v for k, v in figures.items()})
             last_val = figures.get("valLoss")
             reporter.update(force=True, valLoss=last_val, perplexity=figures.get("perplexity"))
@@ -325,7 +331,9 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
         stopping = distributed.any_true(stop.requested, world)
         pausing = completed == options.stop_at_step
         if completed % spec.checkpointing.every_steps == 0 or completed == training.max_steps or stopping or pausing:
+            pause_started = time.perf_counter()
             save(completed, {"loss": loss_value, "valLoss": last_val})
+            paused += time.perf_counter() - pause_started
         if pausing and not stopping:
             if world.is_main:
                 logs.audit("TrainingPaused", run=run.name, step=completed)
