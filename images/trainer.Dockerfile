@@ -1,10 +1,14 @@
 # The llmtrain workloads: one image runs `llmtrain ingest`, `llmtrain launch -- <torchrun args>` (train)
 # and `llmtrain export`. CUDA runtime + torch (its CUDA wheel) + the workload package.
 #   docker build -f images/trainer.Dockerfile -t ghcr.io/llmtrain/trainer:0.1.0 .
+# CPU only (kind, CI clusters; what `make images` builds by default):
+#   --build-arg CUDA_IMAGE=ubuntu:22.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
 
 FROM ${CUDA_IMAGE} AS build
 ARG PYTHON=python3.11
+# torch's own index for other builds of the pinned version (https://download.pytorch.org/whl/cpu for kind)
+ARG TORCH_INDEX_URL=
 RUN apt-get update \
  && apt-get install -y --no-install-recommends software-properties-common \
  && add-apt-repository -y ppa:deadsnakes/ppa \
@@ -16,7 +20,8 @@ COPY trainer/ trainer/
 COPY operator/ operator/
 RUN ${PYTHON} -m venv /opt/llmtrain \
  && /opt/llmtrain/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/llmtrain/bin/pip install --no-cache-dir -c constraints.txt ".[train]"
+ && /opt/llmtrain/bin/pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url ${TORCH_INDEX_URL}} \
+    -c constraints.txt ".[train]"
 
 FROM ${CUDA_IMAGE}
 ARG PYTHON=python3.11

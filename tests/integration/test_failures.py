@@ -13,10 +13,6 @@ import pytest
 from support.cluster import GROUP, NAMESPACE, small_run
 
 
-def children(cluster, kind: str) -> list[str]:
-    return sorted(o["metadata"]["name"] for o in cluster.store.list(kind, NAMESPACE))
-
-
 def test_failing_datasource_is_diagnosed_and_blocks_its_run(cluster):
     cluster.start_operator()
     documents = small_run()
@@ -40,6 +36,7 @@ def test_failing_datasource_is_diagnosed_and_blocks_its_run(cluster):
     assert events and events[0]["type"] == "Warning"
 
 
+@pytest.mark.emulated
 def test_killed_trainer_resumes_operator_restart_and_api_faults_are_survived(cluster):
     cluster.start_operator()
     cluster.apply(small_run(steps=40))
@@ -61,11 +58,11 @@ def test_killed_trainer_resumes_operator_restart_and_api_faults_are_survived(clu
     cluster.api.server.faults.conflict_rate = cluster.api.server.faults.error_rate = 0.0
     assert run["restarts"] == 1 and run["lastFailure"]["exitCode"] == 137 and run["progress"] == "40/40"
     assert cluster.get("Job", "tiny-llama-train")["metadata"]["uid"] == first["metadata"]["uid"]  # not recreated
-    assert children(cluster, "Service") == ["tiny-llama-train"]
+    assert cluster.names("Service") == ["tiny-llama-train"]
     logs = sorted((cluster.root / "pods" / NAMESPACE).glob("tiny-llama-train-0-*/log"))
     assert len(logs) == 2 and '"Resumed"' in "".join(log.read_text() for log in logs)
     cluster.wait_phase("ModelExport", "tiny-llama-export", "Succeeded", 300)
-    assert children(cluster, "Job") == ["shakespeare-ingest", "tiny-llama-export-export", "tiny-llama-train"]
+    assert cluster.names("Job") == ["shakespeare-ingest", "tiny-llama-export-export", "tiny-llama-train"]
     assert len([p for p in cluster.store.list("Pod", NAMESPACE) if "-train-" in p["metadata"]["name"]]) == 2
     assert "Restarted" in {e["reason"] for e in cluster.store.list("Event", NAMESPACE)}
 
@@ -79,10 +76,13 @@ def test_immutable_fields_and_deletion_that_keeps_artifacts(cluster):
             *GROUP, "trainingruns", "tiny-llama", {"spec": {"model": {"layers": 8}}}
         )
     assert refused.value.status == 422 and "spec.model is immutable" in json.loads(refused.value.body)["message"]
-    checkpoint = cluster.root / "volumes" / run["latestCheckpoint"]["uri"][len("pvc://") :]
-    assert checkpoint.is_dir()
     cluster.custom.delete_namespaced_custom_object(*GROUP, "trainingruns", "tiny-llama")
-    for kind in ("Job", "Service", "ServiceAccount", "Role", "RoleBinding"):
-        assert [n for n in children(cluster, kind) if n.startswith("tiny-llama")] == [], kind
-    assert [n for n in children(cluster, "ConfigMap") if n.startswith("tiny-llama")] == []
-    assert checkpoint.is_dir() and (checkpoint.parent / "latest").is_file()  # artifacts are the user's
+    owned = ("Job", "Service", "ServiceAccount", "Role", "RoleBinding", "ConfigMap")
+    cluster.wait(
+        lambda: not [(k, n) for k in owned for n in cluster.names(k) if n.startswith("tiny-llama")],
+        60,
+        "the run's children outlived it",
+    )
+    if cluster.volumes:  # artifacts are the user's: deletion keeps them
+        checkpoint = cluster.volumes / run["latestCheckpoint"]["uri"][len("pvc://") :]
+        assert checkpoint.is_dir() and (checkpoint.parent / "latest").is_file()

@@ -12,6 +12,8 @@ import yaml
 from support.kube_api import ServerThread
 from support.paths import ROOT
 
+pytestmark = pytest.mark.emulated  # the emulator's own contract
+
 NS = "team-a"
 GROUP = ("llmtrain.dev", "v1alpha1", NS)
 

@@ -16,6 +16,8 @@ import yaml
 from support.cluster import NAMESPACE, small_run
 from support.paths import ROOT
 
+pytestmark = pytest.mark.emulated  # records the API calls the emulated server sees
+
 HELM = ROOT / ".tools" / "bin" / "helm"
 
 

@@ -1,13 +1,22 @@
-"""The real operator (kopf, over HTTP) against the emulated API server, with the local Job executor
-playing the Job controller and kubelet (its pods' processes reach the same API server)."""
+"""Two clusters for the same integration tests.
+
+`Cluster`: the real operator (kopf, over HTTP) against the emulated API server, with the local Job
+executor playing the Job controller and kubelet (its pods' processes reach the same API server).
+`RealCluster`: a real cluster from a kubeconfig (`make e2e-kind`), where `make deploy` installed the chart
+and the corpus; the operator and the pods run there. Tests that need the emulation (fault injection,
+killing a pod's process, restarting the operator, recorded API calls) carry the `emulated` marker and
+are skipped against a real cluster.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import copy
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +25,7 @@ import kubernetes
 import yaml
 
 from llmtrain.local.executor import Executor
-from llmtrain_operator.kubestore import KubeStore
+from llmtrain_operator.kubestore import Connection, KubeStore
 from llmtrain_operator.operator import Operator
 from llmtrain_operator.settings import Settings
 from support.kube_api import ServerThread
@@ -24,13 +33,59 @@ from support.paths import ROOT
 
 NAMESPACE = "team-a"
 GROUP = ("llmtrain.dev", "v1alpha1", NAMESPACE)
+KINDS = ("ModelExport", "TrainingRun", "DataSource")
+#: the environment variable that points the integration tests at a real cluster
+E2E_KUBECONFIG = "LLMTRAIN_E2E_KUBECONFIG"
 
 
-class Cluster:
-    """The API server, a client, the executor and the operator, each stoppable."""
+class Harness:
+    """What the tests use on either cluster: a client, a store, kubectl-like helpers."""
+
+    #: where the cluster's PVCs are visible as directories (`<volumes>/<claim>/...`); None on a real cluster
+    volumes: Path | None = None
+    #: waits are multiplied by this (a real cluster starts pods more slowly)
+    time_scale: float = 1.0
+    client: kubernetes.client.ApiClient
+    custom: kubernetes.client.CustomObjectsApi
+    store: KubeStore
+
+    def apply(self, documents: list[dict[str, Any]]) -> None:
+        for document in documents:
+            plural = document["kind"].lower() + "s"
+            self.custom.create_namespaced_custom_object(*GROUP, plural, document)
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        return self.store.get(kind, NAMESPACE, name) or {}
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in self.store.list(kind, NAMESPACE))
+
+    def wait(self, what: Callable[[], Any], timeout: float, message: str = "") -> Any:
+        timeout *= self.time_scale
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = what()
+            if value:
+                return value
+            time.sleep(0.25)
+        raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
+
+    def wait_phase(self, kind: str, name: str, phase: str, timeout: float) -> dict[str, Any]:
+        def reached():
+            status = self.get(kind, name).get("status") or {}
+            if status.get("phase") == "Failed" and phase != "Failed":
+                raise AssertionError(f"{kind}/{name} failed: {status.get('message')}")
+            return status if status.get("phase") == phase else None
+
+        return self.wait(reached, timeout, f"{kind}/{name} never reached {phase}: {self.get(kind, name).get('status')}")
+
+
+class Cluster(Harness):
+    """The emulated API server, a client, the executor and the operator, each stoppable."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.volumes = root / "volumes"
         self.api = ServerThread().start()
         config = kubernetes.client.Configuration()
         config.host = self.api.url
@@ -84,33 +139,37 @@ class Cluster:
         self.executor.shutdown(wait=True)
         self.api.stop()
 
-    # -- kubectl-like helpers ------------------------------------------------------------------------
+
+class RealCluster(Harness):
+    """A real cluster (kind, or any other) where the chart is installed and the corpus PVC is filled."""
+
+    time_scale = 3.0
+
+    def __init__(self, kubeconfig: str) -> None:
+        import kopf
+
+        self.client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+        os.environ["KUBECONFIG"] = kubeconfig  # kopf's login reads it
+        info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+        self.store = KubeStore(Connection.from_kopf(info), component="test-client")
+        self.applied: list[tuple[str, str]] = []
+
+    def start_operator(self, **overrides: Any) -> None:
+        """The deployed operator is already running (`make deploy`); its settings are the chart's."""
+        assert not overrides, "a real cluster runs the operator the chart configured"
 
     def apply(self, documents: list[dict[str, Any]]) -> None:
-        for document in documents:
-            plural = document["kind"].lower() + "s"
-            self.custom.create_namespaced_custom_object(*GROUP, plural, document)
+        super().apply(documents)
+        self.applied += [(d["kind"], d["metadata"]["name"]) for d in documents]
 
-    def get(self, kind: str, name: str) -> dict[str, Any]:
-        return self.store.get(kind, NAMESPACE, name) or {}
-
-    def wait(self, what: Callable[[], Any], timeout: float, message: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = what()
-            if value:
-                return value
-            time.sleep(0.25)
-        raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
-
-    def wait_phase(self, kind: str, name: str, phase: str, timeout: float) -> dict[str, Any]:
-        def reached():
-            status = self.get(kind, name).get("status") or {}
-            if status.get("phase") == "Failed" and phase != "Failed":
-                raise AssertionError(f"{kind}/{name} failed: {status.get('message')}")
-            return status if status.get("phase") == phase else None
-
-        return self.wait(reached, timeout, f"{kind}/{name} never reached {phase}: {self.get(kind, name).get('status')}")
+    def close(self) -> None:
+        """Delete what the test applied and wait until the garbage collector has removed every pod."""
+        for kind, name in self.applied:
+            with contextlib.suppress(kubernetes.client.ApiException):
+                self.custom.delete_namespaced_custom_object(*GROUP, kind.lower() + "s", name)
+        owned = ("Job", "Pod", "Service", *KINDS)
+        self.wait(lambda: not any(self.names(kind) for kind in owned), 60, "the test's objects were not deleted")
 
 
 def small_run(formats: list[str] | None = None, steps: int = 30) -> list[dict[str, Any]]:
@@ -126,4 +185,9 @@ def small_run(formats: list[str] | None = None, steps: int = 30) -> list[dict[st
     spec["checkpointing"] = {"everySteps": 5, "keepLast": 2, "keepBest": 1}
     documents[2]["spec"]["formats"] = formats or ["safetensors"]
     documents[2]["spec"]["quantization"] = "none"
+    # outputs under a fresh prefix: on a real cluster the storage PVC outlives each test
+    prefix = f"pvc://llmtrain-storage/e2e-{uuid.uuid4().hex[:8]}"
+    documents[0]["spec"]["output"]["uri"] = f"{prefix}/data"
+    spec["checkpointing"]["uri"] = f"{prefix}/checkpoints"
+    documents[2]["spec"].setdefault("output", {})["uri"] = f"{prefix}/export"
     return documents
