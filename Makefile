@@ -22,7 +22,7 @@ TRAINER_IMAGE ?= ghcr.io/llmtrain/trainer:$(VERSION)
 # kind has no GPUs: the trainer image is built on Ubuntu with torch's CPU wheels (empty both for CUDA)
 TRAINER_BUILD_ARGS ?= --build-arg CUDA_IMAGE=ubuntu:22.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
-.PHONY: help install tools test test-all test-slow lint format crds lock demo bench bench-corpora llama-cpp clean \
+.PHONY: help install tools test test-all test-slow lint format crds lock demo bench bench-corpora llama-cpp clean drills \
 	kind-up images kind-load deploy _deploy e2e-kind kind-down
 
 help: ## list the targets
@@ -128,6 +128,11 @@ e2e-kind: install kind-up images kind-load deploy ## the integration tests, poin
 
 kind-down: ## delete the kind cluster
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+drills: install ## fault drills (~20 min): JSON in bench/results/, summarized in docs/reliability.md
+	mkdir -p bench/results
+	$(BIN)/python bench/reliability.py all --out bench/results/reliability.json
+	$(BIN)/python bench/operator_faults.py --trials 50 --out bench/results/operator_faults.json
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

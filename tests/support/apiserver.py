@@ -28,9 +28,15 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 
 def _default_into(schema: dict[str, Any], value: Any) -> None:
+    """Defaults for absent fields, and for explicit nulls of non-nullable fields; other such nulls are
+    pruned (the API server's PruneNonNullableNullsWithoutDefaults: `region: null` means no region)."""
     if isinstance(value, dict):
+        for key in [k for k, v in value.items() if v is None]:
+            sub = schema.get("properties", {}).get(key)
+            if sub is not None and not sub.get("nullable") and "default" not in sub:
+                del value[key]
         for key, sub in schema.get("properties", {}).items():
-            if key not in value and "default" in sub:
+            if (key not in value or (value[key] is None and not sub.get("nullable"))) and "default" in sub:
                 value[key] = copy.deepcopy(sub["default"])
             if key in value:
                 _default_into(sub, value[key])

@@ -43,6 +43,13 @@ def drop_path(path: str) -> Mutation:
 CASES: list[tuple[str, str, Mutation, str, str]] = [
     # (id, kind, mutation, field path in the error, what the message says)
     (
+        "absolute-pvc-path",
+        "DataSource",
+        set_path("spec.sources.0", {"pvc": {"claimName": "corpus", "path": "/etc/*"}}),
+        "spec.sources[0].pvc.path",
+        "must be relative to the volume's root",
+    ),
+    (
         "unknown-field",
         "DataSource",
         set_path("spec.tokenizer.vocab", 10),

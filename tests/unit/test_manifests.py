@@ -96,3 +96,27 @@ def test_wire_form_round_trips(valid):
     for obj in valid.values():
         resource = parse_resource(obj)
         assert type(resource).model_validate(resource.to_wire()) == resource
+
+
+def test_numbers_are_read_as_kubectl_sends_them(tmp_path):
+    """`3e-4` is a number (PyYAML alone reads a string) and `2.0` reaches the API server as JSON `2`: the
+    models are strict about JSON types, so the run file must be read the way kubectl reads it."""
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "apiVersion: llmtrain.dev/v1alpha1\nkind: TrainingRun\nmetadata: {name: r}\nspec:\n"
+        "  dataSourceRef: {name: d}\n"
+        "  model: {layers: 2.0, hiddenSize: 64, heads: 4, maxSeqLen: 64}\n"
+        "  training: {maxSteps: 1e3, optimizer: {lr: 3e-4, weightDecay: 1E-1}}\n"
+        "  validation: {everySteps: '100'}\n"
+    )
+    (document,) = read_documents(path)
+    training = document["spec"]["training"]
+    assert training["maxSteps"] == 1000 and isinstance(training["maxSteps"], int)
+    assert training["optimizer"] == {"lr": 3e-4, "weightDecay": 0.1}
+    assert document["spec"]["model"]["layers"] == 2 and isinstance(document["spec"]["model"]["layers"], int)
+    with pytest.raises(SpecError) as caught:  # a quoted number is a string, for kubectl as here
+        parse_resource(document)
+    assert [p.path for p in caught.value.problems] == ["spec.validation.everySteps"]
+    del document["spec"]["validation"]
+    run = parse_resource(document)
+    assert run.spec.training.max_steps == 1000 and run.spec.training.optimizer.lr == 3e-4

@@ -31,6 +31,11 @@ def http_server():
                 self.send_response(503)
                 self.end_headers()
                 return
+            if name.startswith("redirect?to="):  # an open redirect on the source server
+                self.send_response(302)
+                self.send_header("Location", name.split("=", 1)[1])
+                self.end_headers()
+                return
             if name == "private.txt" and self.headers.get("Authorization") != "Bearer s3cr3t-token":
                 self.send_response(401)
                 self.end_headers()
@@ -93,7 +98,52 @@ def test_http_failures(tmp_path, http_server, path, extra, code, message):
 def test_link_local_metadata_address_is_refused(tmp_path):
     spec = write_spec(tmp_path, http_spec(["http://169.254.169.254/latest/meta-data/"]))
     result = run_ingest("-f", str(spec), "--output", str(tmp_path / "out"), timeout=30)
-    assert result.code == 2 and "refusing a link-local address" in result.report["error"]
+    assert result.code == 2 and "refusing a link-local or metadata address" in result.report["error"]
+
+
+@pytest.mark.parametrize(
+    "target", ["http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/", "http://0.0.0.0/"]
+)
+def test_redirects_to_metadata_addresses_are_refused(tmp_path, http_server, target):
+    base, _ = http_server
+    spec = write_spec(tmp_path, http_spec([f"{base}/redirect?to={target}"]))
+    result = run_ingest("-f", str(spec), "--output", str(tmp_path / "out"), timeout=30)
+    assert result.code == 2 and "refusing a link-local or metadata address" in result.report["error"]
+    assert not (tmp_path / "out/manifest.json").exists()
+
+
+def test_credentials_do_not_follow_a_redirect_to_another_origin(tmp_path, http_server):
+    base, _ = http_server
+    seen: list[str | None] = []
+
+    class Other(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            body = PLAYS[2].read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "secrets/web").mkdir(parents=True)
+        (tmp_path / "secrets/web/authorization").write_text("Bearer s3cr3t-token\n")
+        elsewhere = f"http://127.0.0.1:{other.server_address[1]}/play.txt"
+        urls = [f"{base}/redirect?to={elsewhere}", f"{base}/redirect?to={base}/private.txt"]
+        spec = write_spec(tmp_path, http_spec(urls, authSecret={"name": "web", "key": "authorization"}))
+        env = {"LLMTRAIN_SECRETS_DIR": str(tmp_path / "secrets")}
+        result = run_ingest("-f", str(spec), "--output", str(tmp_path / "out"), env=env)
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert result.code == 0, result.stderr
+    assert seen == [None]  # another origin: no credentials; the same origin (private.txt) still got them
+    assert result.report["stats"]["inputs"] == 2
 
 
 @pytest.fixture

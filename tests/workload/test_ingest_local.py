@@ -249,3 +249,40 @@ def test_pvc_source_and_output(shakespeare):
     missing = write_spec(shakespeare, data_source(sources=[{"pvc": {"claimName": "absent"}}]))
     result = run_ingest("-f", str(missing), "--output", str(shakespeare / "o"), env={"LLMTRAIN_PVC_ROOT": str(volumes)})
     assert result.code == 2 and "claim 'absent' is not mounted" in result.report["error"]
+
+
+def test_gzip_bomb_nul_bytes_and_one_giant_line_are_counted_in_bounded_memory(shakespeare):
+    """256 MiB of one byte in a 256 KiB gzip (no line break), a file of NUL bytes, and a valid play: the
+    bomb and the NULs are counted rejections, the play is kept, and the process stays small."""
+    import gzip
+
+    data = shakespeare / "data"
+    with gzip.open(data / "bomb.txt.gz", "wb", compresslevel=9) as bomb:
+        for _ in range(16):
+            bomb.write(b"A" * (16 << 20))
+    assert (data / "bomb.txt.gz").stat().st_size < 1 << 20
+    (data / "nul.txt").write_bytes(b"\0" * 100_000)
+    spec = write_spec(shakespeare, data_source(sources=[{"local": {"path": "data/*"}}], format="txt"))
+    probe = (
+        "import resource, runpy, sys\n"
+        "sys.argv = ['llmtrain', 'ingest', '-f', sys.argv[1], '--output', sys.argv[2]]\n"
+        "try:\n    runpy.run_module('llmtrain.cli', run_name='__main__')\n"
+        "finally:\n"
+        # VmHWM, not ru_maxrss: after fork + exec, ru_maxrss keeps the parent's (pytest's) size
+        "    status = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\n"
+        "    peak = max(int(status), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "    print('PEAK_KIB', peak, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(spec), str(shakespeare / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads(result.stdout.strip().splitlines()[-1])["stats"]
+    assert stats["rejected"].get("too_long") == 1 and stats["rejected"].get("binary") == 1, stats
+    assert stats["documentsOut"] == 6
+    peak_mib = int(result.stderr.rsplit("PEAK_KIB", 1)[1].split()[0]) / 1024
+    # ~150 MiB here; holding the 256 MiB line anywhere would put it above 400
+    assert peak_mib < 384, f"peak RSS {peak_mib:.0f} MiB while reading a 256 MiB line"

@@ -147,10 +147,21 @@ class ApiModel(BaseModel):
         validate_by_alias=True,
         serialize_by_alias=True,
         extra="forbid",
+        strict=True,  # JSON's types, as the API server checks them: no "5" for 5, no false for 0.0
     )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = ()
     secret_hints: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """A declared field set to null is absent, as the API server treats it (no field here is nullable:
+        it prunes the null, or applies the default); an unknown field stays, to be refused."""
+        if isinstance(data, dict) and None in data.values():
+            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+            return {k: v for k, v in data.items() if v is not None or k not in known}
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Ge, MaxLen, MinLen
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 from .base import ApiModel, CelRule, IntOrString, ListType, Matches, rule_error
 
@@ -56,7 +56,8 @@ Quantity = Annotated[
 #: A container image reference.
 Image = Annotated[str, MinLen(1), MaxLen(512), Matches(r"^[^\s]+$", "must be an image reference without spaces")]
 
-Timestamp = datetime
+#: An RFC 3339 time: a string on the wire (the one field type parsed from a string).
+Timestamp = Annotated[datetime, Strict(False)]
 
 
 class LocalObjectReference(ApiModel):

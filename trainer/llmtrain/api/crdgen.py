@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
-from pydantic import BaseModel
+from pydantic import BaseModel, Strict
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -137,6 +137,8 @@ def _apply(schema: dict[str, Any], meta: Any) -> None:
         schema["x-kubernetes-list-type"] = meta.list_type
         if meta.map_keys:
             schema["x-kubernetes-list-map-keys"] = list(meta.map_keys)
+    elif isinstance(meta, Strict):
+        pass  # how pydantic parses (a Timestamp from its string); the wire type is already in the schema
     else:
         raise TypeError(f"no CRD schema for constraint {meta!r}")
 

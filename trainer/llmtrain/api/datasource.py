@@ -75,7 +75,9 @@ class PvcSource(ApiModel):
     """Files on a PersistentVolumeClaim in the same namespace."""
 
     claim_name: ObjectName = Field(description="Name of the PersistentVolumeClaim.")
-    path: SourcePath = Field(default="**/*", description="Glob below the volume's root, e.g. corpus/*.jsonl.gz.")
+    path: Annotated[
+        SourcePath, CelRule("!self.startsWith('/')", "must be relative to the volume's root (no leading '/')")
+    ] = Field(default="**/*", description="Glob below the volume's root, e.g. corpus/*.jsonl.gz.")
 
 
 class LocalSource(ApiModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,23 @@ _KINDS: dict[str, type[Resource]] = {k.KIND: k for k in (DataSource, TrainingRun
 R = TypeVar("R", bound=Resource)
 
 
+class KubeYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as kubectl sends them: `3e-4` is a number (YAML 1.1 wants
+    `3.0e-4`), and a whole float is an integer (`2.0` reaches the API server as JSON `2`)."""
+
+    def construct_yaml_float(self, node: yaml.Node) -> float | int:
+        value = super().construct_yaml_float(node)
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+KubeYamlLoader.add_constructor("tag:yaml.org,2002:float", KubeYamlLoader.construct_yaml_float)
+KubeYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def read_documents(path: str | Path) -> list[dict[str, Any]]:
     """Every mapping in a YAML/JSON file (`-` reads stdin); `kind: List` items are flattened."""
     source = "<stdin>" if str(path) == "-" else str(path)
@@ -31,7 +49,7 @@ def read_documents(path: str | Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError as exc:
         raise SpecError([Problem("", "is not UTF-8 text")], source) from exc
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = [d for d in yaml.load_all(text, Loader=KubeYamlLoader) if d is not None]
     except yaml.YAMLError as exc:
         raise SpecError([Problem("", f"is not valid YAML: {exc}")], source) from exc
     return list(_flatten(documents, source))

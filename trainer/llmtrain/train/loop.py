@@ -288,7 +288,7 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
 
         values: dict[str, float | None] = {}
         if completed % training.log_every_steps == 0 or completed == training.max_steps:
-            window = time.perf_counter() - window_started - paused
+            window = max(time.perf_counter() - window_started - paused, 1e-9)
             tokens_per_second = window_tokens / window
             mfu = tokens_per_second * flops / (peak * world.size) if peak else None
             values = {

@@ -1,7 +1,9 @@
 """Files over HTTP(S): streamed, size-limited, retried with exponential backoff.
 
-Only http and https; link-local addresses (cloud metadata endpoints such as 169.254.169.254) are
-refused unless `LLMTRAIN_HTTP_ALLOW_LINK_LOCAL=1`.
+Only http and https. Cloud metadata endpoints are not sources: link-local addresses (169.254.169.254,
+fe80::/10, also written as IPv4-mapped IPv6), the unspecified address and the other providers' metadata
+addresses are refused unless `LLMTRAIN_HTTP_ALLOW_LINK_LOCAL=1`; every redirect target is checked the same
+way, and credentials never follow a redirect to another origin.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ... import secrets
 from ...api.datasource import HttpSource
 from . import SourceError
 
+#: metadata services outside link-local space (AWS over IPv6, Alibaba Cloud)
+METADATA_ADDRESSES = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
 RETRIES = 4
 BACKOFF_SECONDS = 0.5
 TIMEOUT_SECONDS = 30.0
@@ -37,8 +41,33 @@ def _check_host(url: str) -> None:
     except socket.gaierror as exc:
         raise SourceError(f"{url}: cannot resolve host ({exc.strerror})", retryable=True) from exc
     for address in addresses:
-        if ipaddress.ip_address(address.split("%")[0]).is_link_local:
-            raise SourceError(f"{url}: refusing a link-local address ({address}); metadata endpoints are not sources")
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_link_local or ip.is_unspecified or ip in METADATA_ADDRESSES:
+            raise SourceError(
+                f"{url}: refusing a link-local or metadata address ({address}); metadata endpoints are not"
+                " sources (LLMTRAIN_HTTP_ALLOW_LINK_LOCAL=1 allows them)"
+            )
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects go through the same host check; Authorization is dropped when the origin changes."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        _check_host(newurl)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_CheckedRedirects)
 
 
 class _Limited(IO[bytes]):
@@ -71,7 +100,7 @@ def open_url(source: HttpSource, url: str) -> Iterator[IO[bytes]]:
     response = None
     for attempt in range(RETRIES + 1):
         try:
-            response = urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
+            response = _OPENER.open(request, timeout=TIMEOUT_SECONDS)
             break
         except urllib.error.HTTPError as exc:
             retryable = exc.code == 429 or exc.code >= 500
