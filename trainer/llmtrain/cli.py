@@ -283,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _resource_arguments(export, "ModelExport")
     export.add_argument("--checkpoint", help="a checkpoint directory or the run's checkpoint root")
-    export.add_argument("--data", required=True, help="the DataSource's output: tokenizer and validation shards")
+    export.add_argument(
+        "--data", required=True, help="the DataSource's output (path, pvc:// or s3://): tokenizer, validation shards"
+    )
     export.add_argument("--output", help="output URI or directory (overrides spec.output.uri)")
     export.add_argument("--cache", default="/tmp/llmtrain-cache", help="local scratch space")
     export.set_defaults(handler=_export)

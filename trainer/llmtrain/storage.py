@@ -257,6 +257,13 @@ def download_tree(uri: str, target: Path, client: Any = None) -> Path:
     return target
 
 
+def local_dataset(uri: str, cache: Path) -> Path:
+    """A local directory holding the dataset at `uri`: the path itself, or an S3 copy in `cache`."""
+    if not is_s3(uri):
+        return local_path(uri)
+    return download_tree(uri, cache / "datasets" / uri.replace("s3://", "").replace("/", "_"))
+
+
 def delete(uri: str, client: Any = None) -> None:
     """Remove one object or file; missing is fine."""
     if is_s3(uri):

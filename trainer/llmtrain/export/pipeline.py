@@ -64,7 +64,7 @@ def export(
         raise ExportError(f"spec.formats: {unsupported} cannot be exported")
     found = resolve(checkpoint_uri, spec.checkpoint, spec.step)
     logs.audit("ExportStarted", export=resource.name, checkpoint=found.uri, step=found.step)
-    dataset = Dataset.open(storage.local_path(data))
+    dataset = Dataset.open(storage.local_dataset(data, cache))  # an s3:// dataset is copied to the cache
     model = load(found, cache)
     if model.config.vocab_size != dataset.vocab_size:
         raise ExportError(

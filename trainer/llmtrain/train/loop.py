@@ -58,13 +58,6 @@ class Stop:
         self.requested = True
 
 
-def local_dataset(uri: str, cache: Path) -> Path:
-    """A local directory holding the dataset: the path itself, or an S3 copy in the cache."""
-    if not storage.is_s3(uri):
-        return storage.local_path(uri)
-    return storage.download_tree(uri, cache / "datasets" / uri.replace("s3://", "").replace("/", "_"))
-
-
 def model_config(run: TrainingRun, dataset: Dataset) -> LlamaConfig:
     config = LlamaConfig.from_spec(run.spec.model, dataset.vocab_size)
     if dataset.manifest["dtype"] not in ("uint16", "uint32"):
@@ -154,7 +147,7 @@ def train(run: TrainingRun, options: Options) -> int:
 
 def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
     spec, training = run.spec, run.spec.training
-    dataset = Dataset.open(local_dataset(options.data, options.cache))
+    dataset = Dataset.open(storage.local_dataset(options.data, options.cache))
     dataset.check_token_range()
     config = model_config(run, dataset)
     model = build_model(config, run, world)
