@@ -9,6 +9,7 @@ time-based conditions (Stalled, pendingTimeoutSeconds) and survives missed event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ import kopf
 from llmtrain.api import KINDS
 from llmtrain.api.common import GROUP, VERSION
 from llmtrain.control import Reconciler
+from llmtrain.control.workqueue import WorkQueue
 from llmtrain.core import Plan, naming
 
 from .kubestore import Connection, KubeStore
@@ -54,6 +56,7 @@ class Operator:
         self.reconciler = Reconciler(self.store, settings.context(), on_plan=self._observed)
         self.registry = kopf.OperatorRegistry()
         self._stop = threading.Event()
+        self.queue = WorkQueue()  # events only enqueue keys; `workers` threads reconcile them
         self._register()
 
     # -- reconciling -------------------------------------------------------------------------------
@@ -110,6 +113,24 @@ class Operator:
             except Exception:
                 log.exception("resync pass failed")
 
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                continue
+            try:
+                with contextlib.suppress(Exception):  # counted and logged by reconcile; the resync retries
+                    self.reconcile(*key)
+            finally:
+                self.queue.done(key)
+
+    def _deferred_loop(self) -> None:
+        """Write the progress the throttle held back once it allows (a run's last report is never lost
+        waiting for the next event or resync)."""
+        while not self._stop.wait(1.0):
+            for key in self.reconciler.due():
+                self.queue.add(key)
+
     # -- kopf wiring -------------------------------------------------------------------------------
 
     def _register(self) -> None:
@@ -126,10 +147,14 @@ class Operator:
             settings.watching.client_timeout = 330
             settings.networking.request_timeout = 60
             threading.Thread(target=self._resync_loop, name="resync", daemon=True).start()
+            threading.Thread(target=self._deferred_loop, name="deferred", daemon=True).start()
+            for index in range(self.settings.workers):
+                threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True).start()
 
         @kopf.on.cleanup(registry=registry)
         def cleanup(**_: Any) -> None:
             self._stop.set()
+            self.queue.close()
 
         @kopf.on.login(registry=registry)
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -149,13 +174,13 @@ class Operator:
         if event.get("type") == "DELETED":
             self.metrics.forget(body["kind"], meta["namespace"], meta["name"])
             return
-        self.reconcile(body["kind"], meta["namespace"], meta["name"])
+        self.queue.add((body["kind"], meta["namespace"], meta["name"]))
 
     def _on_child(self, body: Any, **_: Any) -> None:
         labels = body["metadata"].get("labels") or {}
         for label, kind in KIND_LABELS.items():
             if label in labels:
-                self.reconcile(kind, body["metadata"]["namespace"], labels[label])
+                self.queue.add((kind, body["metadata"]["namespace"], labels[label]))
                 return
 
     # -- running -------------------------------------------------------------------------------------

@@ -71,69 +71,92 @@ def weed_binary() -> str:
     return found
 
 
-def run_seaweed() -> Iterator[S3Server]:
-    directory = Path(tempfile.mkdtemp(prefix="llmtrain-seaweed-"))
-    config = directory / "s3.json"
-    identity = {
-        "name": "test",
-        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }
-    config.write_text(json.dumps({"identities": [identity]}))
-    base = _base_port()
-    log = (directory / "weed.log").open("wb")
-    process = subprocess.Popen(
-        [
-            weed_binary(),
-            "server",
-            f"-dir={directory}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-master.port={base}",
-            "-master.volumeSizeLimitMB=64",  # small volumes: one per bucket, little disk
-            "-volume.max=500",
-            f"-volume.port={base + 1}",
-            f"-filer.port={base + 2}",
-            "-s3",
-            f"-s3.port={base + 3}",
-            "-s3.port.iceberg=0",
-            f"-s3.config={config}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = S3Server(f"http://127.0.0.1:{base + 3}")
-    try:
+class Seaweed:
+    """One SeaweedFS server on 127.0.0.1 that can be stopped and started again on its data and ports."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="llmtrain-seaweed-"))
+        self.config = self.directory / "s3.json"
+        identity = {
+            "name": "test",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
+        self.config.write_text(json.dumps({"identities": [identity]}))
+        self.base = _base_port()
+        self.server = S3Server(f"http://127.0.0.1:{self.base + 3}")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> S3Server:
+        base = self.base
+        log = (self.directory / "weed.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                weed_binary(),
+                "server",
+                f"-dir={self.directory}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={base}",
+                "-master.volumeSizeLimitMB=64",  # small volumes: one per bucket, little disk
+                "-volume.max=500",
+                f"-volume.port={base + 1}",
+                f"-filer.port={base + 2}",
+                "-s3",
+                f"-s3.port={base + 3}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",  # a fixed port (9101) otherwise: two servers at once would clash
+                f"-s3.config={self.config}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
         deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen(server.endpoint, timeout=1)
+                urllib.request.urlopen(self.server.endpoint, timeout=1)
             except urllib.error.HTTPError:
                 break  # answering (403 without credentials): up
             except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
+                if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"SeaweedFS did not start: {(directory / 'weed.log').read_text()[-2000:]}"
+                        f"SeaweedFS did not start: {(self.directory / 'weed.log').read_text()[-2000:]}"
                     ) from None
                 time.sleep(0.25)
-        probe = server.client()
+        probe = self.server.client()
         for _ in range(120):  # the filer and volume server need a moment after the S3 port opens
             try:
-                probe.create_bucket(Bucket="llmtrain-probe")
+                if "llmtrain-probe" not in {b["Name"] for b in probe.list_buckets().get("Buckets", [])}:
+                    probe.create_bucket(Bucket="llmtrain-probe")  # a restart finds it there
                 probe.put_object(Bucket="llmtrain-probe", Key="probe", Body=b"ok")
                 break
             except Exception:
                 time.sleep(0.25)
         else:
             raise RuntimeError("SeaweedFS accepts no writes")
-        yield server
+        return self.server
+
+    def stop(self) -> None:
+        """Kill the server (its data stays): the endpoint stops answering."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def run_seaweed() -> Iterator[S3Server]:
+    weed = Seaweed()
+    try:
+        yield weed.start()
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-        shutil.rmtree(directory, ignore_errors=True)
+        weed.close()

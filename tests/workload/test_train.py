@@ -20,6 +20,7 @@ import yaml
 
 from support.ingest import data_source, run_ingest, write_spec
 from support.paths import ROOT
+from support.seaweed import Seaweed
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
@@ -256,3 +257,66 @@ def test_checkpoints_on_s3_resume_exactly(tmp_path, dataset, s3_server):
     assert client.get_object(Bucket="checkpoints", Key="tiny/latest")["Body"].read() == b"step-00000016"
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="checkpoints", Prefix="tiny/step-00000016/")["Contents"]}
     assert {"tiny/step-00000016/meta.json", "tiny/step-00000016/.metadata", "tiny/step-00000016/__0_0.distcp"} <= keys
+
+
+def test_s3_outage_mid_run_is_retryable_and_the_rerun_resumes_exactly(tmp_path, dataset):
+    """SeaweedFS killed after the first checkpoint: the next save fails, the trainer exits 75 (retryable)
+    saying why, `latest` still names the last complete checkpoint; S3 comes back on the same data and the
+    rerun resumes from it and reproduces an uninterrupted run bit for bit."""
+    weed = Seaweed()
+    try:
+        server = weed.start()
+        server.client().create_bucket(Bucket="checkpoints")
+        spec = run_spec(tmp_path, steps=24)  # checkpoints every 8
+        env = {**server.env(), "LLMTRAIN_CACHE_DIR": str(tmp_path / "cache")}
+        assert train(spec, dataset, tmp_path / "clean", 1, env=env) == 0
+        remote, outputs = "s3://checkpoints/outage", tmp_path / "s3"
+        process = subprocess.Popen(
+            train_command(spec, dataset, remote, outputs=outputs),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        wait_for_step(outputs, 10)  # past the first checkpoint (step 8)
+        weed.stop()
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 75, err[-3000:]
+        # the save of step 16 failed and says where (a refused connection, or the gateway's 500 meanwhile)
+        assert "s3://checkpoints/outage/step-00000016" in out + err
+        weed.start()
+        latest = server.client().get_object(Bucket="checkpoints", Key="outage/latest")["Body"].read()
+        assert latest == b"step-00000008"
+        assert train(spec, dataset, remote, 1, outputs=outputs, env=env) == 0
+        assert losses(outputs) == losses(tmp_path / "clean")
+    finally:
+        weed.close()
+
+
+def test_full_disk_is_a_clear_failure_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
+    """Checkpoints on a 2 MiB tmpfs: the first one fits, the second fills the disk. The trainer fails
+    saying so, and `latest` still names the first, which loads."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs CAP_SYS_ADMIN)")
+    try:
+        checkpoints = disk / "ckpt"
+        spec = run_spec(tmp_path, steps=24)
+        process = subprocess.run(
+            train_command(spec, dataset, checkpoints, outputs=tmp_path / "full"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert process.returncode == 2, process.stderr[-3000:]  # permanent: a person must free space
+        assert "no space left on device while saving step 16" in process.stderr
+        assert "the last complete checkpoint (step-00000008) is intact" in process.stderr
+        assert "Traceback" not in process.stderr, process.stderr[-3000:]
+        assert (checkpoints / "latest").read_text() == "step-00000008"
+        assert not (checkpoints / "step-00000016").exists()  # the partial save gave its space back
+        shutil.copytree(checkpoints, tmp_path / "copied")  # converted off the full disk
+        assert final_weights(tmp_path / "copied")  # the last good checkpoint loads
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)  # lazy: a lingering reader cannot pin it

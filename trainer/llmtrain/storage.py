@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import os
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ class Entry:
     uri: str
     relative: str
     size: int
+    etag: str = ""  # S3's: tells a same-size object of another write apart
 
 
 def is_s3(uri: str) -> bool:
@@ -144,7 +146,7 @@ def _list_s3(uri: str, pattern: str, client: Any) -> list[Entry]:
             for obj in page.get("Contents", []):
                 rel = obj["Key"][len(prefix) :].lstrip("/")
                 if rel and (not pattern or fnmatch.fnmatch(rel, pattern)):
-                    entries.append(Entry(f"s3://{bucket}/{obj['Key']}", rel, obj["Size"]))
+                    entries.append(Entry(f"s3://{bucket}/{obj['Key']}", rel, obj["Size"], obj.get("ETag", "")))
     except (ClientError, BotoCoreError) as exc:
         raise s3_error(uri, exc) from exc
     return sorted(entries, key=lambda e: e.relative)
@@ -247,13 +249,28 @@ def write_bytes(uri: str, data: bytes, client: Any = None) -> None:
 
 
 def download_tree(uri: str, target: Path, client: Any = None) -> Path:
-    """Copy every file under `uri` into `target` (files already there with the same size are kept)."""
+    """Copy every file under `uri` into `target`, each atomically. A file already there is kept only if it
+    is the same object (size and ETag, recorded in `target/.downloaded.json`): a run recreated under the
+    same name writes same-size objects with other bytes, and those must not be served from the cache."""
+    record_path = target / ".downloaded.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
     for entry in list_files(uri, client=client):
         path = target / entry.relative
-        if not path.exists() or path.stat().st_size != entry.size:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open_read(entry.uri, client) as stream, path.open("wb") as out:
-                shutil.copyfileobj(stream, out, 1 << 20)
+        if path.exists() and path.stat().st_size == entry.size and record.get(entry.relative) == entry.etag:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open_read(entry.uri, client) as stream, temp.open("wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+        os.replace(temp, path)
+        record[entry.relative] = entry.etag
+    target.mkdir(parents=True, exist_ok=True)
+    temp = record_path.with_name(f".downloaded.json.tmp-{os.getpid()}")
+    temp.write_text(json.dumps(record))
+    os.replace(temp, record_path)
     return target
 
 

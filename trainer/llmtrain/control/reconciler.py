@@ -36,6 +36,8 @@ class Reconciler:
     ) -> None:
         self.store, self.ctx, self.clock, self.on_plan = store, ctx, clock, on_plan
         self._written: dict[tuple[str, str, str], float] = {}
+        #: resources whose progress-only write the throttle held back, and when it may be written
+        self._deferred: dict[tuple[str, str, str], float] = {}
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -65,12 +67,23 @@ class Reconciler:
             )
         return observed
 
+    def due(self) -> list[tuple[str, str, str]]:
+        """Resources whose held-back progress write may now be made: reconcile them (the shells poll this)."""
+        now = time.monotonic()
+        with self._guard:
+            ready = [key for key, at in self._deferred.items() if at <= now]
+            for key in ready:
+                del self._deferred[key]
+        return ready
+
     def reconcile(self, kind: str, namespace: str, name: str, force_status: bool = False) -> Plan | None:
         key = (kind, namespace, name)
         with self._lock(key):
             body = self.store.get(kind, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 self._written.pop(key, None)
+                with self._guard:
+                    self._deferred.pop(key, None)
                 return None
             plan = reconcile(body, self.observe(body), self.ctx, self.clock())
             for action in plan.actions:
@@ -106,12 +119,16 @@ class Reconciler:
         now = time.monotonic()
         recent = now - self._written.get(key, 0.0) < self.ctx.status_interval
         if not force and recent and progress_only(old, plan.status):
+            with self._guard:  # written later by `due()`'s caller, so the last report is never lost
+                self._deferred[key] = self._written[key] + self.ctx.status_interval
             return False
         try:
             self.store.patch_status(key[0], key[1], key[2], status_patch(old, plan.status))
         except (NotFound, Conflict):
             return False
         self._written[key] = now
+        with self._guard:
+            self._deferred.pop(key, None)
         for event in plan.events:
             try:
                 self.store.event(body, event.type, event.reason, event.message)

@@ -15,6 +15,7 @@ written to a local staging directory and each rank uploads its own files; rank 0
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import shutil
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from .. import storage
@@ -131,8 +133,18 @@ class Checkpointer:
                 storage.delete_tree(storage.join(self.uri, name))
         barrier(self.world)
         model_state, optim_state = get_state_dict(model, optimizer)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory))
-        torch.save(_rng_state(), directory / f"rng-{self.world.rank}.pt")
+        try:
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory))
+            torch.save(_rng_state(), directory / f"rng-{self.world.rank}.pt")
+        except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
+            if not (_disk_full(exc) or shutil.disk_usage(self.local).free < 1 << 20):  # torch.save hides ENOSPC
+                raise
+            shutil.rmtree(directory, ignore_errors=True)  # give the space back; it was never complete
+            raise storage.StorageError(
+                f"{storage.join(self.uri, name)}: no space left on device while saving step {step}; the last"
+                f" complete checkpoint ({self.latest() or 'none'}) is intact: free space on {self.local}, or"
+                " lower spec.checkpointing.keepLast"
+            ) from None
         if self.remote:
             for path in sorted(directory.iterdir()):
                 mine = path.name.startswith((f"__{self.world.rank}_", f"rng-{self.world.rank}."))
@@ -179,6 +191,19 @@ class Checkpointer:
             if name not in keep:
                 storage.delete_tree(storage.join(self.uri, name))
                 shutil.rmtree(self.local / name, ignore_errors=True)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the chain (DCP wraps each rank's error in a CheckpointException)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _lowest_val_loss(complete: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]] | None:

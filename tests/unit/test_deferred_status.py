@@ -1,0 +1,44 @@
+"""A progress-only status write held back by the throttle is not lost: `Reconciler.due()` hands the
+resource back once the throttle allows, and that reconcile writes the last report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmtrain.api.manifests import read_documents
+from llmtrain.control.reconciler import Reconciler
+from llmtrain.core import Context, naming
+from llmtrain.local.filestore import FileStore
+from support.resources import EXAMPLES, ready, stored
+
+
+def test_a_throttled_progress_write_is_made_when_the_throttle_allows(tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("llmtrain.control.reconciler.time.monotonic", lambda: clock[0])
+    store = FileStore(tmp_path)
+    documents = read_documents(EXAMPLES / "run.yaml")
+    documents[0]["spec"]["sources"] = [{"pvc": {"claimName": "corpus", "path": "*.txt"}}]
+    store.create(ready(stored(documents[0], 0)))
+    run = store.create(stored(documents[1], 1))
+    key = ("TrainingRun", run["metadata"]["namespace"], run["metadata"]["name"])
+    reconciler = Reconciler(store, Context(local=True, base_dir=str(EXAMPLES), status_interval=10.0))
+    sink = Path(store.progress_sink(key[1], naming.progress_configmap(key[2])))
+    sink.parent.mkdir(parents=True, exist_ok=True)
+
+    def report(step: int) -> None:
+        sink.write_text(json.dumps({"version": 1, "phase": "Running", "step": step, "totalSteps": 300}))
+
+    reconciler.reconcile(*key)  # creates the children and writes the first status
+    report(5)
+    reconciler.reconcile(*key)
+    assert store.get(*key)["status"]["step"] == 5  # the first report changes more than figures: written
+    clock[0] += 1
+    report(6)
+    reconciler.reconcile(*key)  # within 10 s of the last write: held back
+    assert store.get(*key)["status"]["step"] == 5 and reconciler.due() == []
+    clock[0] += 9.5
+    assert reconciler.due() == [key]  # the throttle allows it now
+    assert reconciler.due() == []  # handed out once
+    reconciler.reconcile(*key)
+    assert store.get(*key)["status"]["step"] == 6
