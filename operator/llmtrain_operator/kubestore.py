@@ -160,12 +160,19 @@ class KubeStore:
             return None
 
     def list(self, kind: str, namespace: str | None, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        return self.list_with_version(kind, namespace, labels)[0]
+
+    def list_with_version(
+        self, kind: str, namespace: str | None, labels: dict[str, str] | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """The items and the list's resourceVersion (the point in the server's history it shows)."""
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
         result = self._call("GET", self._path(kind, namespace), query=query)
         items = result.get("items") or []
         for item in items:  # list items carry no apiVersion/kind
             item.setdefault("kind", kind)
-        return items
+        version = str((result.get("metadata") or {}).get("resourceVersion") or "")
+        return items, int(version) if version.isdigit() else None
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", self._path(obj["kind"], obj["metadata"].get("namespace")), obj)

@@ -2,8 +2,11 @@
 
 Handlers are `kopf.on.event` only: no finalizers, no kopf annotations on our resources (so deleting a
 resource never waits for the operator), and every pass re-derives everything from the world
-(level-based). A resync thread reconciles every resource every `resync_seconds`, which also drives the
-time-based conditions (Stalled, pendingTimeoutSeconds) and survives missed events.
+(level-based). The events feed a watch cache that answers every read of a reconcile (`cache.WatchCache`)
+and put the resource's key on a work queue; worker threads reconcile. Every child kind is watched, so
+drift on any child (a Service edited, a Role deleted) is corrected at once. A resync thread re-lists the
+cached kinds and reconciles every resource every `resync_seconds`, which also drives the time-based
+conditions (Stalled, pendingTimeoutSeconds) and survives missed events.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from llmtrain.control import Reconciler
 from llmtrain.control.workqueue import WorkQueue
 from llmtrain.core import Plan, naming
 
+from .cache import WatchCache
 from .kubestore import Connection, KubeStore
 from .metrics import Metrics
 from .settings import Settings
@@ -30,6 +34,19 @@ from .settings import Settings
 log = logging.getLogger("llmtrain.operator")
 KIND_LABELS = {naming.kind_label(kind.KIND): kind.KIND for kind in KINDS}
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
+#: the children the operator creates: (API group, version, plural) -> kind; all watched, all cached
+CHILDREN = {
+    ("batch", "v1", "jobs"): "Job",
+    ("", "v1", "pods"): "Pod",
+    ("", "v1", "configmaps"): "ConfigMap",
+    ("", "v1", "services"): "Service",
+    ("", "v1", "serviceaccounts"): "ServiceAccount",
+    ("rbac.authorization.k8s.io", "v1", "roles"): "Role",
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"): "RoleBinding",
+}
+CACHED: dict[str, dict[str, str] | None] = {kind.KIND: None for kind in KINDS} | dict.fromkeys(
+    CHILDREN.values(), MANAGED
+)
 
 
 def connection(settings: Settings) -> Connection:
@@ -52,7 +69,8 @@ class Operator:
     def __init__(self, settings: Settings, store: KubeStore | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.store = store or KubeStore(connection(settings), pool=settings.workers + 4)
+        self.api = store or KubeStore(connection(settings), pool=settings.workers + 4)
+        self.store = WatchCache(self.api, CACHED, settings.namespaces, on_recovered=self._enqueue_owner)
         self.reconciler = Reconciler(self.store, settings.context(), on_plan=self._observed)
         self.registry = kopf.OperatorRegistry()
         self._stop = threading.Event()
@@ -107,13 +125,24 @@ class Operator:
                         log.exception("resync failed", extra={"object": item["metadata"]["name"]})
 
     def _resync_loop(self) -> None:
+        """List every cached kind until it works (workers wait for it), then re-list and reconcile
+        everything every `resync_seconds`."""
+        while not self._stop.is_set() and not self.store.synced.is_set():
+            try:
+                self.store.relist()
+            except Exception as exc:
+                log.warning("initial list failed; retrying", extra={"error": str(exc)})
+                self._stop.wait(1.0)
         while not self._stop.wait(self.settings.resync_seconds):
             try:
+                self.store.relist()
                 self.resync()
             except Exception:
                 log.exception("resync pass failed")
 
     def _work(self) -> None:
+        while not self._stop.is_set() and not self.store.synced.wait(1.0):
+            pass  # no reconcile before the cache holds the world (it would see children missing)
         while not self._stop.is_set():
             key = self.queue.get(timeout=1.0)
             if key is None:
@@ -164,23 +193,34 @@ class Operator:
 
         for kind in KINDS:
             kopf.on.event(GROUP, VERSION, kind.PLURAL, registry=registry)(self._on_resource)
-        when_progress = lambda name, **_: name.endswith("-progress")  # noqa: E731
-        kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)(self._on_child)
-        kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)(self._on_child)
-        kopf.on.event("v1", "configmaps", labels=MANAGED, when=when_progress, registry=registry)(self._on_child)
+        for (group, version, plural), kind in CHILDREN.items():
+            handler = self._child_handler(kind)
+            if group:
+                kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)(handler)
+            else:
+                kopf.on.event(version, plural, labels=MANAGED, registry=registry)(handler)
 
     def _on_resource(self, event: dict[str, Any], body: Any, **_: Any) -> None:
         meta = body["metadata"]
+        self.store.observe(event.get("type"), {**event["object"], "kind": body["kind"]})
         if event.get("type") == "DELETED":
             self.metrics.forget(body["kind"], meta["namespace"], meta["name"])
             return
         self.queue.add((body["kind"], meta["namespace"], meta["name"]))
 
-    def _on_child(self, body: Any, **_: Any) -> None:
-        labels = body["metadata"].get("labels") or {}
+    def _child_handler(self, kind: str) -> Any:
+        def on_child(event: dict[str, Any], **_: Any) -> None:
+            obj = {**event["object"], "kind": kind}
+            self.store.observe(event.get("type"), obj)
+            self._enqueue_owner(obj)
+
+        return on_child
+
+    def _enqueue_owner(self, child: dict[str, Any]) -> None:
+        labels = child["metadata"].get("labels") or {}
         for label, kind in KIND_LABELS.items():
             if label in labels:
-                self.queue.add((kind, body["metadata"]["namespace"], labels[label]))
+                self.queue.add((kind, child["metadata"]["namespace"], labels[label]))
                 return
 
     # -- running -------------------------------------------------------------------------------------

@@ -32,8 +32,12 @@ def test_failing_datasource_is_diagnosed_and_blocks_its_run(cluster):
         "the run never said why it waits",
     )
     assert run
-    events = [e for e in cluster.store.list("Event", NAMESPACE) if e["reason"] == "BadInput"]
-    assert events and events[0]["type"] == "Warning"
+    events = cluster.wait(
+        lambda: [e for e in cluster.store.list("Event", NAMESPACE) if e["reason"] == "BadInput"],
+        10,
+        "no BadInput Event",  # posted just after the status it reports
+    )
+    assert events[0]["type"] == "Warning"
 
 
 @pytest.mark.emulated
@@ -64,7 +68,9 @@ def test_killed_trainer_resumes_operator_restart_and_api_faults_are_survived(clu
     cluster.wait_phase("ModelExport", "tiny-llama-export", "Succeeded", 300)
     assert cluster.names("Job") == ["shakespeare-ingest", "tiny-llama-export-export", "tiny-llama-train"]
     assert len([p for p in cluster.store.list("Pod", NAMESPACE) if "-train-" in p["metadata"]["name"]]) == 2
-    assert "Restarted" in {e["reason"] for e in cluster.store.list("Event", NAMESPACE)}
+    cluster.wait(
+        lambda: "Restarted" in {e["reason"] for e in cluster.store.list("Event", NAMESPACE)}, 10, "no Restarted Event"
+    )
 
 
 def test_immutable_fields_and_deletion_that_keeps_artifacts(cluster):

@@ -130,3 +130,23 @@ def test_owner_references_cascade_and_watches_resume_or_expire(api):
     with pytest.raises(kubernetes.client.ApiException) as gone:
         list(watch.stream(core.list_namespaced_config_map, NS, resource_version="1", timeout_seconds=1))
     assert gone.value.status == 410
+
+
+def test_a_selector_watch_sees_objects_enter_and_leave_the_selection(api):
+    """As the real API server: a label edit that takes an object out of a watch's selection arrives as
+    DELETED, one that brings it in as ADDED (the operator's cache relies on it)."""
+    _, core, _ = api
+    made = core.create_namespaced_config_map(NS, {"metadata": {"name": "moving", "labels": {"team": "x"}}})
+    core.patch_namespaced_config_map("moving", NS, {"data": {"k": "1"}})
+    core.patch_namespaced_config_map("moving", NS, {"metadata": {"labels": {"team": None}}})
+    core.patch_namespaced_config_map("moving", NS, {"data": {"k": "2"}})  # unseen: outside the selection
+    core.patch_namespaced_config_map("moving", NS, {"metadata": {"labels": {"team": "x"}}})
+    stream = kubernetes.watch.Watch().stream(
+        core.list_namespaced_config_map,
+        NS,
+        label_selector="team=x",
+        resource_version=made.metadata.resource_version,
+        timeout_seconds=1,
+    )
+    seen = [(e["type"], (e["object"].data or {}).get("k")) for e in stream if e["object"].metadata.name == "moving"]
+    assert seen == [("MODIFIED", "1"), ("DELETED", "1"), ("ADDED", "2")]

@@ -23,5 +23,6 @@ def test_example_run_succeeds_end_to_end(cluster):
         assert (cluster.volumes / artifact["uri"][len("pvc://") :] / "model.safetensors").is_file()
     progress = json.loads(cluster.get("ConfigMap", "tiny-llama-progress")["data"]["progress.json"])
     assert progress["step"] == 30  # the trainer patched its own ConfigMap over HTTP
-    reasons = {e["reason"] for e in cluster.store.list("Event", NAMESPACE)}
-    assert {"Ingested", "CheckpointSaved", "Trained", "Exported"} <= reasons
+    wanted = {"Ingested", "CheckpointSaved", "Trained", "Exported"}  # posted just after the status they report
+    reasons = lambda: {e["reason"] for e in cluster.store.list("Event", NAMESPACE)}  # noqa: E731
+    cluster.wait(lambda: wanted <= reasons(), 10, f"missing Events: {wanted - reasons()}")

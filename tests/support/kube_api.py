@@ -161,7 +161,8 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         self.kinds: dict[tuple[str, str], tuple[str, bool]] = dict(BUILTINS)
         self.crds: dict[str, dict[str, Any]] = {}
         self.version = 0
-        self.history: deque[tuple[int, tuple[str, str], dict[str, Any]]] = deque(maxlen=HISTORY)
+        #: (resourceVersion, (group/version, plural), event, the labels before a MODIFIED)
+        self.history: deque[tuple[int, tuple[str, str], dict[str, Any], dict | None]] = deque(maxlen=HISTORY)
         self.changed = asyncio.Condition()
         self.faults = Faults()
         self.watch_generation = 0
@@ -305,6 +306,18 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         async def send(kind: str, obj: dict[str, Any]) -> None:
             await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
 
+        async def send_visible(event: dict[str, Any], before: dict | None) -> None:
+            """As the API server's filtered watch: an object that starts matching the selector is ADDED,
+            one that stops matching is DELETED (its new state)."""
+            obj, now = event["object"], visible(event["object"])
+            was = now if before is None else visible({**obj, "metadata": {**obj["metadata"], "labels": before}})
+            if now and was:
+                await send(event["type"], obj)
+            elif now:
+                await send("ADDED", obj)
+            elif was:
+                await send("DELETED", obj)
+
         if since in (None, "", "0"):
             for obj in self._list(key, request.namespace, params)["items"]:
                 await send("ADDED", obj)
@@ -329,13 +342,13 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         try:
             while loop.time() < deadline and generation == self.watch_generation:
                 fresh = []
-                for version, event_key, event in reversed(self.history):  # only what is newer: no rescans
-                    if version <= last:
+                for entry in reversed(self.history):  # only what is newer: no rescans
+                    if entry[0] <= last:
                         break
-                    fresh.append((version, event_key, event))
-                for version, event_key, event in reversed(fresh):
-                    if event_key == key and visible(event["object"]):
-                        await send(event["type"], event["object"])
+                    fresh.append(entry)
+                for version, event_key, event, before in reversed(fresh):
+                    if event_key == key:
+                        await send_visible(event, before)
                     last = version
                 async with self.changed:
                     with contextlib.suppress(TimeoutError):
@@ -347,8 +360,9 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
 
     # -- writes --------------------------------------------------------------------------------------
 
-    async def _record(self, key, kind: str, obj: dict[str, Any]) -> None:
-        self.history.append((self.version, key, {"type": kind, "object": copy.deepcopy(obj)}))
+    async def _record(self, key, kind: str, obj: dict[str, Any], before: dict[str, Any] | None = None) -> None:
+        labels = copy.deepcopy(before["metadata"].get("labels") or {}) if before is not None else None
+        self.history.append((self.version, key, {"type": kind, "object": copy.deepcopy(obj)}, labels))
         async with self.changed:
             self.changed.notify_all()
 
@@ -435,7 +449,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return await self._remove(key, new)
         self.objects[key][(meta.get("namespace") or "", meta["name"])] = new
-        await self._record(key, "MODIFIED", new)
+        await self._record(key, "MODIFIED", new, before=old)
         return new
 
     async def _replace(self, key, request: kmock.Request, body: dict[str, Any]) -> dict[str, Any]:

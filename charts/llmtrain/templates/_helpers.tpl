@@ -19,6 +19,7 @@ app.kubernetes.io/component: operator
 
 {{/* The operator's permissions, one rule per resource, each verb used by the code (see docs/operator.md). */}}
 {{- define "llmtrain.rules" -}}
+{{- /* reads come from watches (list + watch); get: an owner before creating its child, a child a create found taken */}}
 - apiGroups: ["llmtrain.dev"]
   resources: ["datasources", "trainingruns", "modelexports"]
   verbs: ["get", "list", "watch"]
@@ -33,16 +34,13 @@ app.kubernetes.io/component: operator
   verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
+- apiGroups: [""]
+  resources: ["services", "serviceaccounts"]
   verbs: ["get", "list", "watch", "create", "update"]
-- apiGroups: [""]
-  resources: ["services"]
-  verbs: ["get", "create", "update"]
-- apiGroups: [""]
-  resources: ["serviceaccounts"]
-  verbs: ["get", "create"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "create", "update"]
+  verbs: ["get", "list", "watch", "create", "update"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -219,6 +219,32 @@ def test_spec_change_replaces_the_job_and_finished_runs_stay_finished(run_world,
     assert plan.actions == [] and plan.status == done["status"]  # its Job vanished (TTL): not rerun
 
 
+def test_children_that_lost_the_operators_labels_get_them_back(bodies, cluster):
+    """The operator finds its children by their labels (its watches select on them): a label removed or
+    changed is put back, data left alone; labels others added are no drift."""
+    deps = {("DataSource", "shakespeare"): ready(bodies["DataSource"])}
+    body = bodies["TrainingRun"]
+    created = [a.object for a in reconcile(body, Observed(dependencies=deps), cluster, NOW).actions]
+    children = {(o["kind"], o["metadata"]["name"]): copy.deepcopy(o) for o in created}
+    for child in children.values():
+        child["metadata"]["labels"]["argocd.argoproj.io/instance"] = "someone-elses"
+    plan = reconcile(body, Observed(children=copy.deepcopy(children), dependencies=deps), cluster, NOW)
+    assert plan.actions == []
+    managed = "app.kubernetes.io/managed-by"
+    for child in children.values():
+        del child["metadata"]["labels"][managed]
+    plan = reconcile(body, Observed(children=children, dependencies=deps), cluster, NOW)
+    verbs = {a.key: (a.verb, a.patch) for a in plan.actions}
+    assert verbs.pop(("Job", "tiny-llama-train")) == ("patch", {"metadata": {"labels": {managed: "llmtrain-operator"}}})
+    assert verbs.pop(("ConfigMap", "tiny-llama-progress")) == (
+        "patch",
+        {"metadata": {"labels": {managed: "llmtrain-operator"}}},
+    )  # the trainer's data is not overwritten
+    replaced = [("ConfigMap", "tiny-llama-train-spec"), ("ServiceAccount", "tiny-llama-trainer")]
+    replaced += [("Role", "tiny-llama-trainer"), ("RoleBinding", "tiny-llama-trainer"), ("Service", "tiny-llama-train")]
+    assert verbs == dict.fromkeys(replaced, ("update", None))
+
+
 def test_stalled_run_raises_a_critical_alert(run_world):
     job, observe = run_world
     old = {

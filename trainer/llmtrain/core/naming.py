@@ -19,6 +19,12 @@ def kind_label(kind: str) -> str:
     return f"{GROUP}/{kind.lower()}"
 
 
+#: the labels the operator selects its children by (its watches, its Pod lookups)
+IDENTITY_LABELS = frozenset(
+    ["app.kubernetes.io/managed-by"] + [kind_label(k) for k in ("DataSource", "TrainingRun", "ModelExport")]
+)
+
+
 def ingest_job(name: str) -> str:
     return f"{name}-ingest"
 

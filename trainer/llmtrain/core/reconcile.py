@@ -128,25 +128,41 @@ def _same_generation(old: dict[str, Any], generation: int | None) -> bool:
 
 
 def _actions(desired: list[dict[str, Any]], observed: Observed) -> list[Action]:
-    """Create what is missing; update changed ConfigMaps and RBAC; patch a Job's suspend; Jobs whose
-    pod template changed are deleted by the kind's logic (their templates are immutable)."""
+    """Create what is missing; update changed ConfigMaps, Services and RBAC; patch a Job's suspend; Jobs
+    whose pod template changed are deleted by the kind's logic (their templates are immutable). Labels the
+    operator set are restored: it finds its children by them."""
     out: list[Action] = []
     for obj in desired:
         key = (obj["kind"], obj["metadata"]["name"])
         found = observed.children.get(key)
+        labels = _missing_labels(found, obj) if found is not None else {}
         if found is None:
             out.append(Action("create", obj))
         elif obj["kind"] == "Job":
             suspend = _suspend_patch(found, obj)
-            if suspend is not None:
-                out.append(Action("patch", obj, {"spec": {"suspend": suspend}}))
+            patch = ({"spec": {"suspend": suspend}} if suspend is not None else {}) | (
+                {"metadata": {"labels": labels}} if labels else {}
+            )
+            if patch:
+                out.append(Action("patch", obj, patch))
         elif obj["kind"] == "ConfigMap" and key[1].endswith("-progress"):
-            continue  # the trainer writes its data
-        elif any(found.get(k) != obj.get(k) for k in ("data", "rules", "subjects", "roleRef")) or (
-            obj["kind"] == "Service" and found.get("spec", {}).get("selector") != obj["spec"]["selector"]
+            if labels:  # the trainer writes its data: only the labels are put back
+                out.append(Action("patch", obj, {"metadata": {"labels": labels}}))
+        elif (
+            labels
+            or any(found.get(k) != obj.get(k) for k in ("data", "rules", "subjects", "roleRef"))
+            or (obj["kind"] == "Service" and found.get("spec", {}).get("selector") != obj["spec"]["selector"])
         ):
             out.append(Action("update", obj))
     return out
+
+
+def _missing_labels(found: dict[str, Any], want: dict[str, Any]) -> dict[str, str]:
+    """The labels the operator finds its children by (managed-by, owner) that a child lost or had changed;
+    its other labels, and labels others added, are left alone."""
+    have = found.get("metadata", {}).get("labels") or {}
+    wanted = want["metadata"].get("labels") or {}
+    return {k: v for k, v in wanted.items() if k in naming.IDENTITY_LABELS and have.get(k) != v}
 
 
 def _suspend_patch(found: dict[str, Any], want: dict[str, Any]) -> bool | None:
