@@ -7,7 +7,7 @@ DataSource is ingested for real first (the local Job executor runs `llmtrain ing
 are created one after another as fast as the client can, and a watch on Jobs timestamps each Job.
 Targets (issue 6): p50 <= 50 ms, 1,000 runs <= 60 s, RSS <= 200 MB.
 
-    python bench/operator.py [--runs 1000]
+    python bench/operator.py [--runs 1000] [--operator-source DIR]
 """
 
 from __future__ import annotations
@@ -50,7 +50,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=50, help="single applies timed one at a time")
+    parser.add_argument(
+        "--operator-source",
+        type=Path,
+        help="run the operator from this checkout (`git worktree add DIR COMMIT`): a baseline in the same conditions",
+    )
     args = parser.parse_args()
+    source = args.operator_source or ROOT
+    commit = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty"], capture_output=True, text=True)
     work = Path(tempfile.mkdtemp(prefix="llmtrain-bench-operator-"))
     shutil.copytree(ROOT / "examples" / "data" / "shakespeare", work / "volumes" / "corpus" / "shakespeare")
     api = ServerThread().start()
@@ -66,6 +73,8 @@ def main() -> None:
         "LLMTRAIN_RESYNC_SECONDS": "600",
         "LLMTRAIN_STATUS_INTERVAL": "10",
     }
+    if args.operator_source:
+        env["PYTHONPATH"] = f"{source / 'operator'}:{source / 'trainer'}"
     operator_log = (work / "operator.log").open("wb")
     # the operator image installs llmtrain[operator], which has no Kubernetes client library; this venv has
     # one (the tests use it) and kopf imports it when present: keep it out of the process, as in the image
@@ -163,7 +172,9 @@ def main() -> None:
         time.sleep(2)
         rss = rss_mib(operator.pid)
         requests = api.server.counts
+        by_operator = {verb: n for (agent, verb), n in api.server.verbs.items() if agent == "llmtrain-operator"}
         result = {
+            "operator_commit": commit.stdout.strip(),
             "runs": args.runs,
             "apply_seconds": round(applied, 2),
             "all_jobs_created_seconds": round(all_jobs, 2),
@@ -180,6 +191,7 @@ def main() -> None:
             },
             "operator_rss_mib": {"started": round(rss_idle, 1), f"with_{total}_runs": round(rss, 1)},
             "api_requests": requests,
+            "operator_requests": dict(sorted(by_operator.items())),  # its own calls (not kopf's watches)
             "api_writes": api.server.writes,
             "cpu_count": os.cpu_count(),
         }

@@ -9,6 +9,7 @@ measures the progress writes the API took, the operator's status writes (its own
 final step (a lost final status would never show).
 
     python bench/operator_load.py [--runs 1000] [--interval 1] [--seconds 60] [--out FILE]
+                                 [--operator-source DIR]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import copy
 import json
 import random
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +47,11 @@ def status_writes(port: int) -> float:
         for line in text.splitlines()
         if line.startswith('llmtrain_status_writes_total{kind="TrainingRun"}')
     )
+
+
+def operator_reads(drill: Drill) -> int:
+    verbs = drill.api.server.verbs
+    return verbs[("llmtrain-operator", "get")] + verbs[("llmtrain-operator", "list")]
 
 
 def rss_mib(pid: int) -> float:
@@ -77,14 +84,28 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the trainers report")
     parser.add_argument("--writers", type=int, default=16, help="threads playing the trainers")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--operator-source",
+        type=Path,
+        help="run the operator from this checkout (`git worktree add DIR COMMIT`): a baseline in the same conditions",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llmtrain-operator-load-"))
     drill = Drill(work, random.Random(0))
+    source = args.operator_source or Path(__file__).resolve().parent.parent
+    if args.operator_source:
+        drill.env["PYTHONPATH"] = f"{source / 'operator'}:{source / 'trainer'}"
     port = free_port()
     drill.env.update(
         LLMTRAIN_METRICS_PORT=str(port), LLMTRAIN_STATUS_INTERVAL=str(STATUS_INTERVAL), LLMTRAIN_RESYNC_SECONDS="30"
     )
-    result: dict = {"runs": args.runs, "interval_s": args.interval, "status_interval_s": STATUS_INTERVAL}
+    commit = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    result: dict = {
+        "operator_commit": commit.stdout.strip(),
+        "runs": args.runs,
+        "interval_s": args.interval,
+        "status_interval_s": STATUS_INTERVAL,
+    }
     try:
         drill.ingest()
         names = [f"load-{i:05d}" for i in range(args.runs)]
@@ -119,6 +140,7 @@ def main() -> None:
                     failed += 1
 
         writes_before = status_writes(port)
+        reads_before = operator_reads(drill)
         started = time.monotonic()
         lag = []
         with concurrent.futures.ThreadPoolExecutor(args.writers) as pool:
@@ -130,6 +152,7 @@ def main() -> None:
                 time.sleep(max(0.0, tick - time.monotonic()))
             elapsed = time.monotonic() - started
             writes = status_writes(port) - writes_before
+            reads = operator_reads(drill) - reads_before
             result.update(
                 progress_patches=sent,
                 progress_patches_failed=failed,
@@ -138,6 +161,8 @@ def main() -> None:
                 round_seconds_max=round(max(lag), 2),
                 status_writes=int(writes),
                 status_writes_per_s=round(writes / elapsed, 1),
+                operator_reads=reads,  # GETs and LISTs the operator's reconciles made (not kopf's watches)
+                operator_reads_per_s=round(reads / elapsed, 1),
                 throttle_limit=args.runs * (int(elapsed // STATUS_INTERVAL) + 1),  # one per run per interval
                 operator_rss_mib_after=round(rss_mib(drill.operator.pid), 1),
             )

@@ -27,6 +27,8 @@ class Metrics:
         )
         self.status_writes = Counter("llmtrain_status_writes_total", "Status patches written.", ["kind"], registry=r)
         self.resources = Gauge("llmtrain_resources", "Resources by kind and phase.", ["kind", "phase"], registry=r)
+        self.cached = Gauge("llmtrain_cache_objects", "Objects in the watch cache, by kind.", ["kind"], registry=r)
+        self.queue_depth = Gauge("llmtrain_work_queue_depth", "Resources waiting for a reconcile.", registry=r)
         self.step = Gauge("llmtrain_run_step", "Last completed step.", ["namespace", "run"], registry=r)
         self.total_steps = Gauge(
             "llmtrain_run_total_steps", "spec.training.maxSteps.", ["namespace", "run"], registry=r

@@ -75,6 +75,9 @@ class Operator:
         self.registry = kopf.OperatorRegistry()
         self._stop = threading.Event()
         self.queue = WorkQueue()  # events only enqueue keys; `workers` threads reconcile them
+        self.metrics.queue_depth.set_function(lambda: len(self.queue))
+        for kind in CACHED:
+            self.metrics.cached.labels(kind).set_function(lambda kind=kind: self.store.size()[kind])
         self._register()
 
     # -- reconciling -------------------------------------------------------------------------------

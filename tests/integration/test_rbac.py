@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from support.cluster import NAMESPACE, small_run
 from support.paths import ROOT
@@ -114,6 +115,25 @@ def test_chart_rbac_is_exactly_what_the_operator_calls(cluster):
         )
 
     cluster.wait(restored, 60, "drift on owned objects was not corrected")
+
+    # the operator's watch cache, after all that, holds exactly what the server holds
+    cache = cluster.operator.store
+    managed = {"app.kubernetes.io/managed-by": "llmtrain-operator"}
+
+    def versions(objects: list[dict]) -> set[tuple[str, str]]:
+        return {(o["metadata"]["name"], o["metadata"]["resourceVersion"]) for o in objects}
+
+    def cache_matches() -> bool:
+        kinds = ("Job", "Pod", "ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding")
+        same = [versions(store.list(k, NAMESPACE, managed)) == versions(cache.list(k, NAMESPACE)) for k in kinds]
+        return all(same) and versions(store.list("TrainingRun", NAMESPACE)) == versions(
+            cache.list("TrainingRun", NAMESPACE)
+        )
+
+    cluster.wait(cache_matches, 30, "the watch cache did not converge with the server")
+    metrics = generate_latest(cluster.operator.metrics.registry).decode()
+    jobs = len(store.list("Job", NAMESPACE, managed))
+    assert f'llmtrain_cache_objects{{kind="Job"}} {jobs}.0' in metrics and "llmtrain_work_queue_depth " in metrics
 
     calls = cluster.api.server.calls
     operator = {

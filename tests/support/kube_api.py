@@ -24,7 +24,7 @@ import json
 import random
 import threading
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,6 +169,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         self.writes = 0
         self.counts: dict[str, int] = {}
         self.calls: set[tuple[str, str, str, str, str]] = set()
+        self.verbs: Counter[tuple[str, str]] = Counter()  # (client, verb) -> requests
         for (group_version, plural), (kind, namespaced) in BUILTINS.items():
             self.resources[f"{group_version}/{plural}"] = kmock.ResourceInfo(
                 kind=kind,
@@ -262,6 +263,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         group = key[0].rpartition("/")[0]
         resource = key[1] + (f"/{request.subresource}" if request.subresource else "")
         self.calls.add((agent, verb, group, resource, request.name or ""))
+        self.verbs[(agent, verb)] += 1
 
     # -- reads ---------------------------------------------------------------------------------------
 

@@ -152,14 +152,20 @@ def test_a_create_that_finds_the_name_taken_reads_the_object_back_once(api):
     assert api.reads == [] and len(recovered) == 1
 
 
-def test_no_child_is_created_for_an_owner_the_cache_still_holds_but_the_server_deleted(api, cache):
+def test_no_child_is_created_for_an_owner_the_cache_still_holds_but_the_server_deleted(api, cache, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("llmtrain_operator.cache.time.monotonic", lambda: clock[0])
     api.put("TrainingRun", "a", labels={})
     api.objects[("TrainingRun", "a")]["metadata"]["uid"] = "uid-a"
     cache.relist()
     child = obj("Job", "a-train", 0)
     child["metadata"]["ownerReferences"] = [{"kind": "TrainingRun", "name": "a", "uid": "uid-a", "controller": True}]
+    api.reads.clear()
     cache.create(child)  # the owner is there
+    cache.create(obj("ConfigMap", "a-spec", 0) | {"metadata": child["metadata"] | {"name": "a-spec"}})
+    assert api.reads == [("get", "TrainingRun")]  # read once for the children of one pass
     del api.objects[("TrainingRun", "a")], api.objects[("Job", "a-train")]  # deleted; no event seen yet
+    clock[0] += 1.5
     with pytest.raises(NotFound, match="TrainingRun team-a/a"):
         cache.create(child)
     assert ("Job", "a-train") not in api.objects and cache.get("TrainingRun", "team-a", "a") is None
@@ -167,3 +173,17 @@ def test_no_child_is_created_for_an_owner_the_cache_still_holds_but_the_server_d
     api.objects[("TrainingRun", "a")]["metadata"]["uid"] = "uid-b"
     with pytest.raises(NotFound):
         cache.create(child)
+
+
+def test_an_owners_deletion_event_ends_what_its_last_read_vouched_for(api, cache):
+    api.put("TrainingRun", "a", labels={})
+    api.objects[("TrainingRun", "a")]["metadata"]["uid"] = "uid-a"
+    cache.relist()
+    child = obj("Job", "a-train", 0)
+    child["metadata"]["ownerReferences"] = [{"kind": "TrainingRun", "name": "a", "uid": "uid-a", "controller": True}]
+    cache.create(child)
+    gone = api.objects.pop(("TrainingRun", "a"))
+    del api.objects[("Job", "a-train")]
+    cache.observe("DELETED", gone)
+    with pytest.raises(NotFound):
+        cache.create(child)  # read again at once, not trusted for the rest of the second
