@@ -1,4 +1,4 @@
-"""Reads from the watches (client-go's informer cache): a reconcile makes no GET and no LIST.
+"""Reads from the watches (client-go's informer cache): a reconcile reads nothing from the API server.
 
 Each reconcile used to read its resource, every child, its Pods and its dependencies from the API server
 (about 10 requests); at 1,000 runs with a resync every 30 s that is hundreds of reads a second before any
@@ -52,8 +52,9 @@ def _key(obj: dict[str, Any]) -> Key:
 
 
 class Entry(NamedTuple):
-    """One cached object as compact JSON (a third of the memory of parsed dicts, and parsing it back is
-    faster than a deep copy), with what ordering, selection and owner checks need kept apart."""
+    """One cached object as compact JSON (half the memory of parsed dicts: 37 vs 76 MiB for 1,050 runs'
+    objects; parsing it back is faster than a deep copy), with what ordering, selection and owner checks
+    need kept apart."""
 
     version: int | None
     labels: dict[str, str]

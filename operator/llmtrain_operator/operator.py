@@ -203,7 +203,10 @@ class Operator:
             else:
                 kopf.on.event(version, plural, labels=MANAGED, registry=registry)(handler)
 
-    def _on_resource(self, event: dict[str, Any], body: Any, **_: Any) -> None:
+    # The handlers are coroutines: they only update the cache and queue a key (microseconds, under locks
+    # held as briefly), so they run on kopf's event loop instead of a hop through its thread pool.
+
+    async def _on_resource(self, event: dict[str, Any], body: Any, **_: Any) -> None:
         meta = body["metadata"]
         self.store.observe(event.get("type"), {**event["object"], "kind": body["kind"]})
         if event.get("type") == "DELETED":
@@ -212,7 +215,7 @@ class Operator:
         self.queue.add((body["kind"], meta["namespace"], meta["name"]))
 
     def _child_handler(self, kind: str) -> Any:
-        def on_child(event: dict[str, Any], **_: Any) -> None:
+        async def on_child(event: dict[str, Any], **_: Any) -> None:
             obj = {**event["object"], "kind": kind}
             self.store.observe(event.get("type"), obj)
             self._enqueue_owner(obj)

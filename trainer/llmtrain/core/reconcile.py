@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..api import DataSource, ModelExport, SpecError, TrainingRun, parse_resource
-from . import children, diagnosis, naming, uris
+from ..api import DataSource, ModelExport, SpecError, TrainingRun
+from . import children, diagnosis, naming, parsed, uris
 from .conditions import is_true
 from .context import Context
 from .diagnosis import Finding
@@ -104,7 +104,7 @@ def reconcile(body: dict[str, Any], observed: Observed, ctx: Context, now: datet
     desired: list[dict[str, Any]] = []
     deletions: list[dict[str, Any]] = []
     try:
-        resource = parse_resource(body)
+        resource = parsed.resource(body)
         namespace = body["metadata"]["namespace"]
         if isinstance(resource, DataSource):
             desired, deletions = _datasource(body, resource, observed, ctx, builder)
@@ -266,7 +266,7 @@ def _trainingrun(body, run: TrainingRun, namespace: str, observed: Observed, ctx
     found = _ready_datasource(observed, run.spec.data_source_ref.name, builder, "DataReady")
     if found is None:
         return [], []
-    source = DataSource.model_validate({k: v for k, v in found.items() if k != "status"})
+    source = parsed.model(DataSource, found)
     objects = children.trainingrun(body, run, source, found["metadata"].get("namespace") or namespace, ctx)
     job_want = objects[-1]
     job = observed.children.get(("Job", job_want["metadata"]["name"]))
@@ -375,7 +375,7 @@ def _modelexport(body, export: ModelExport, namespace: str, observed: Observed, 
             builder.waiting_for("WaitingForTrainingRun", f"TrainingRun {name} does not exist yet")
             return [], []
         run_status = found.get("status") or {}
-        run = TrainingRun.model_validate({k: v for k, v in found.items() if k != "status"})
+        run = parsed.model(TrainingRun, found)
         latest = (run_status.get("latestCheckpoint") or {}).get("step")
         finished = run_status.get("phase") == "Succeeded"
         ready = latest is not None and latest >= (spec.step or 0) if spec.checkpoint == "step" else finished
@@ -403,7 +403,7 @@ def _modelexport(body, export: ModelExport, namespace: str, observed: Observed, 
     found_source = _ready_datasource(observed, source_name, builder, None)
     if found_source is None:
         return [], []
-    source = DataSource.model_validate({k: v for k, v in found_source.items() if k != "status"})
+    source = parsed.model(DataSource, found_source)
     objects = children.modelexport(body, export, checkpoint, source, namespace, run, ctx)
     desired, deletions, state = _run_jobs(builder, objects[1:], observed, [1], ["export"])
     if state == "Complete":
