@@ -57,7 +57,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     source = args.operator_source or ROOT
-    commit = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    describe = ["git", "-C", str(source), "describe", "--always", "--dirty"]
+    commit = subprocess.run(describe, capture_output=True, text=True)
     work = Path(tempfile.mkdtemp(prefix="llmtrain-bench-operator-"))
     shutil.copytree(ROOT / "examples" / "data" / "shakespeare", work / "volumes" / "corpus" / "shakespeare")
     api = ServerThread().start()

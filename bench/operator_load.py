@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import copy
 import json
+import os
 import random
 import socket
 import subprocess
@@ -40,13 +42,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def status_writes(port: int) -> float:
+def counter(port: int, name: str) -> float:
+    """A TrainingRun counter from the operator's /metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith('llmtrain_status_writes_total{kind="TrainingRun"}')
-    )
+    prefix = f'{name}{{kind="TrainingRun"}}'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def status_writes(port: int) -> float:
+    return counter(port, "llmtrain_status_writes_total")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process onto `cpus` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def operator_reads(drill: Drill) -> int:
@@ -85,6 +101,9 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=16, help="threads playing the trainers")
     parser.add_argument("--out", type=Path)
     parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="let the operator and the harness share every CPU"
+    )
+    parser.add_argument(
         "--operator-source",
         type=Path,
         help="run the operator from this checkout (`git worktree add DIR COMMIT`): a baseline in the same conditions",
@@ -99,7 +118,8 @@ def main() -> None:
     drill.env.update(
         LLMTRAIN_METRICS_PORT=str(port), LLMTRAIN_STATUS_INTERVAL=str(STATUS_INTERVAL), LLMTRAIN_RESYNC_SECONDS="30"
     )
-    commit = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    describe = ["git", "-C", str(source), "describe", "--always", "--dirty"]
+    commit = subprocess.run(describe, capture_output=True, text=True)
     result: dict = {
         "operator_commit": commit.stdout.strip(),
         "runs": args.runs,
@@ -122,6 +142,10 @@ def main() -> None:
             time.sleep(1)
         time.sleep(STATUS_INTERVAL + 2)  # the creation burst's status writes are done
         result["operator_rss_mib_before"] = round(rss_mib(drill.operator.pid), 1)
+        if args.pin and (os.cpu_count() or 1) >= 2:  # the operator on CPU 0; API server and trainers on the rest
+            pin(drill.operator.pid, {0})
+            pin(os.getpid(), set(range(1, os.cpu_count() or 2)))
+            result["pinned"] = "operator: CPU 0; emulated API server and trainers: the other CPUs"
         total = drill.documents[1]["spec"]["training"]["maxSteps"]
         step = {name: 0 for name in names}
         sent = failed = 0
@@ -140,6 +164,8 @@ def main() -> None:
                     failed += 1
 
         writes_before = status_writes(port)
+        reconciles_before = counter(port, "llmtrain_reconciles_total")
+        cpu_before = cpu_seconds(drill.operator.pid)
         reads_before = operator_reads(drill)
         started = time.monotonic()
         lag = []
@@ -152,6 +178,8 @@ def main() -> None:
                 time.sleep(max(0.0, tick - time.monotonic()))
             elapsed = time.monotonic() - started
             writes = status_writes(port) - writes_before
+            reconciles = counter(port, "llmtrain_reconciles_total") - reconciles_before
+            cpu = cpu_seconds(drill.operator.pid) - cpu_before
             reads = operator_reads(drill) - reads_before
             result.update(
                 progress_patches=sent,
@@ -163,6 +191,9 @@ def main() -> None:
                 status_writes_per_s=round(writes / elapsed, 1),
                 operator_reads=reads,  # GETs and LISTs the operator's reconciles made (not kopf's watches)
                 operator_reads_per_s=round(reads / elapsed, 1),
+                reconciles=int(reconciles),
+                operator_cpu_s=round(cpu, 1),
+                operator_cpu_ms_per_reconcile=round(1000 * cpu / max(reconciles, 1), 2),
                 throttle_limit=args.runs * (int(elapsed // STATUS_INTERVAL) + 1),  # one per run per interval
                 operator_rss_mib_after=round(rss_mib(drill.operator.pid), 1),
             )
