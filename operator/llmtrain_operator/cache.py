@@ -11,10 +11,11 @@ Ordering uses resourceVersions, which the API server draws from one counter (etc
 older than what is cached never overwrites it, and a deleted object is remembered (a tombstone) until a
 later LIST, so a LIST taken before the deletion cannot bring it back.
 
-Two reads remain, both rare: before a child is created its owner is read from the API server (a child
-event can be handled before the owner's deletion event, and a child created for a deleted owner would be
-an orphan), and a create answered 409 for an object the cache does not hold (its managed-by label was
-removed, so no watch sees it) reads that object back once, so the reconcile can take it over again.
+Reads that remain, all rare: a terminal status is decided on a fresh read (`Reconciler`, through
+`direct()`); before a child is created its owner is read (a child event can be handled before the owner's
+deletion event, and a child created for a deleted owner would be an orphan); and a create answered 409
+for an object the cache does not hold (its managed-by label was removed, so no watch sees it) reads that
+object back once, so the reconcile can take it over again.
 """
 
 from __future__ import annotations
@@ -250,8 +251,8 @@ class WatchCache:
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         return self._answer(self.store.patch_status(kind, namespace, name, status), kind)
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
-        self.store.delete(kind, namespace, name)  # the watch reports the deletion (finalizers may delay it)
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        self.store.delete(kind, namespace, name, uid)  # the watch reports it (finalizers may delay it)
 
     def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.store.event(involved, type_, reason, message)
@@ -261,3 +262,6 @@ class WatchCache:
 
     def progress(self, namespace: str, configmap: str) -> dict[str, Any] | None:
         return self.store.progress(namespace, configmap)
+
+    def direct(self) -> KubeStore:
+        return self.store

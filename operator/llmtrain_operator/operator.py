@@ -12,7 +12,6 @@ conditions (Stalled, pendingTimeoutSeconds) and survives missed events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -75,6 +74,7 @@ class Operator:
         self.registry = kopf.OperatorRegistry()
         self._stop = threading.Event()
         self.queue = WorkQueue()  # events only enqueue keys; `workers` threads reconcile them
+        self._failures: dict[tuple[str, str, str], int] = {}  # consecutive failed passes per resource
         self.metrics.queue_depth.set_function(lambda: len(self.queue))
         for kind in CACHED:
             self.metrics.cached.labels(kind).set_function(lambda kind=kind: self.store.size()[kind])
@@ -151,10 +151,19 @@ class Operator:
             if key is None:
                 continue
             try:
-                with contextlib.suppress(Exception):  # counted and logged by reconcile; the resync retries
-                    self.reconcile(*key)
+                self.reconcile(*key)
+                self._failures.pop(key, None)
+            except Exception:  # counted and logged by reconcile: tried again after a growing delay
+                self._retry_later(key)
             finally:
                 self.queue.done(key)
+
+    def _retry_later(self, key: tuple[str, str, str]) -> None:
+        """controller-runtime's rate-limited requeue: 0.5 s after a failed pass, doubling to 30 s."""
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        timer = threading.Timer(min(30.0, 0.5 * 2 ** (failures - 1)), self.queue.add, args=(key,))
+        timer.daemon = True
+        timer.start()
 
     def _deferred_loop(self) -> None:
         """Write the progress the throttle held back once it allows (a run's last report is never lost

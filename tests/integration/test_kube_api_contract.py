@@ -150,3 +150,14 @@ def test_a_selector_watch_sees_objects_enter_and_leave_the_selection(api):
     )
     seen = [(e["type"], (e["object"].data or {}).get("k")) for e in stream if e["object"].metadata.name == "moving"]
     assert seen == [("MODIFIED", "1"), ("DELETED", "1"), ("ADDED", "2")]
+
+
+def test_a_delete_with_a_uid_precondition_spares_a_successor(api):
+    _, core, _ = api
+    first = core.create_namespaced_config_map(NS, {"metadata": {"name": "reborn"}})
+    core.delete_namespaced_config_map("reborn", NS)
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "reborn"}})
+    options = kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(uid=first.metadata.uid))
+    code, message = error(core.delete_namespaced_config_map, "reborn", NS, body=options)
+    assert code == 409 and "Precondition failed" in message
+    assert core.read_namespaced_config_map("reborn", NS).metadata.uid != first.metadata.uid

@@ -248,7 +248,9 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             if method == "PATCH":
                 return _json(await self._patch(key, request))
             if method == "DELETE":
-                return _json(await self._delete(key, request.namespace, request.name))
+                options = request.data if isinstance(request.data, dict) else {}
+                wanted = (options.get("preconditions") or {}).get("uid")
+                return _json(await self._delete(key, request.namespace, request.name, wanted))
         except ApiError as exc:
             return _status(exc.code, exc.reason, exc.message)
         return _status(405, "MethodNotAllowed", f"{method} is not supported")
@@ -475,8 +477,15 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         return await self._write(key, request, new)
 
-    async def _delete(self, key, namespace, name) -> dict[str, Any]:
+    async def _delete(self, key, namespace, name, uid: str | None = None) -> dict[str, Any]:
         obj = copy.deepcopy(self._get(key, namespace, name))
+        if uid and obj["metadata"].get("uid") != uid:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {key[1]} "{name}": Precondition failed: UID in precondition:'
+                f" {uid}, UID in object meta: {obj['metadata'].get('uid')}",
+            )
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
                 obj["metadata"]["deletionTimestamp"] = _now()

@@ -19,7 +19,7 @@ app.kubernetes.io/component: operator
 
 {{/* The operator's permissions, one rule per resource, each verb used by the code (see docs/operator.md). */}}
 {{- define "llmtrain.rules" -}}
-{{- /* reads come from watches (list + watch); get: an owner before creating its child, a child a create found taken */}}
+{{- /* reads come from watches (list + watch); get: fresh reads (a terminal status, an owner, a taken name) */}}
 - apiGroups: ["llmtrain.dev"]
   resources: ["datasources", "trainingruns", "modelexports"]
   verbs: ["get", "list", "watch"]

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..core import Context, Observed, Plan, naming, reconcile
-from ..core.reconcile import child_keys, dependency_keys
+from ..core.reconcile import TERMINAL, child_keys, dependency_keys
 from ..core.status import configmap_report, progress_only
 from .store import Conflict, NotFound, Store
 
@@ -45,24 +45,27 @@ class Reconciler:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def observe(self, body: dict[str, Any]) -> Observed:
+    def observe(self, body: dict[str, Any], store: Store | None = None) -> Observed:
+        store = store or self.store
         namespace, name, kind = body["metadata"]["namespace"], body["metadata"]["name"], body["kind"]
         observed = Observed()
         for child_kind, child_name in child_keys(body):
-            found = self.store.get(child_kind, namespace, child_name)
+            found = store.get(child_kind, namespace, child_name)
             if found is not None and _owned_by(found, body):
                 observed.children[(child_kind, child_name)] = found
-        observed.pods = self.store.list("Pod", namespace, {naming.kind_label(kind): name})
+            elif found is not None and _left_behind(found, body):
+                observed.leftovers[(child_kind, child_name)] = found
+        observed.pods = store.list("Pod", namespace, {naming.kind_label(kind): name})
         for _ in range(2):  # a second round for dependencies named by dependencies
             for dep_kind, dep_name in dependency_keys(body, observed.dependencies):
                 if (dep_kind, dep_name) in observed.dependencies or not dep_name:
                     continue
-                found = self.store.get(dep_kind, namespace, dep_name)
+                found = store.get(dep_kind, namespace, dep_name)
                 if found is not None:
                     observed.dependencies[(dep_kind, dep_name)] = found
         if kind == "TrainingRun":
             configmap = naming.progress_configmap(name)
-            observed.progress = self.store.progress(namespace, configmap) or configmap_report(
+            observed.progress = store.progress(namespace, configmap) or configmap_report(
                 observed.children.get(("ConfigMap", configmap))
             )
         return observed
@@ -86,6 +89,14 @@ class Reconciler:
                     self._deferred.pop(key, None)
                 return None
             plan = reconcile(body, self.observe(body), self.ctx, self.clock())
+            direct = self.store.direct()
+            if _settles(body, plan) and direct is not self.store:
+                # a terminal phase, its diagnosis and its Event are decided once: on a fresh, consistent
+                # read (a cache can hold a failed Job's update before its pod's exit code)
+                body = direct.get(kind, namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return None
+                plan = reconcile(body, self.observe(body, direct), self.ctx, self.clock())
             for action in plan.actions:
                 self._apply(action)
             written = self._write_status(key, body, plan, force_status)
@@ -104,8 +115,8 @@ class Reconciler:
                 self.store.update(obj)
             elif action.verb == "patch":
                 self.store.patch(obj["kind"], meta["namespace"], meta["name"], action.patch or {})
-            elif action.verb == "delete":
-                self.store.delete(obj["kind"], meta["namespace"], meta["name"])
+            elif action.verb == "delete":  # exactly the object observed, not a successor of the same name
+                self.store.delete(obj["kind"], meta["namespace"], meta["name"], uid=meta.get("uid"))
                 log.info("deleted", extra={"kind": obj["kind"], "object": meta["name"], "namespace": meta["namespace"]})
         except Conflict:
             pass  # created meanwhile (another pass, a restarted operator): the next pass sees it
@@ -135,6 +146,24 @@ class Reconciler:
             except Exception as exc:  # an Event is never worth a failed reconcile
                 log.warning("event not posted", extra={"error": str(exc)})
         return True
+
+
+def _settles(body: dict[str, Any], plan: Plan) -> bool:
+    """Whether the plan moves the resource into a terminal phase."""
+    phase = plan.status.get("phase")
+    return phase in TERMINAL and phase != (body.get("status") or {}).get("phase")
+
+
+def _left_behind(child: dict[str, Any], owner: dict[str, Any]) -> bool:
+    """A child of an earlier resource with the owner's kind and name (another uid)."""
+    meta = owner["metadata"]
+    return any(
+        ref.get("controller")
+        and ref.get("kind") == owner["kind"]
+        and ref.get("name") == meta["name"]
+        and ref.get("uid") != meta.get("uid")
+        for ref in child.get("metadata", {}).get("ownerReferences") or []
+    )
 
 
 def _owned_by(child: dict[str, Any], owner: dict[str, Any]) -> bool:

@@ -31,7 +31,10 @@ class Store(Protocol):
 
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]: ...
 
-    def delete(self, kind: str, namespace: str, name: str) -> None: ...
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete (background propagation); with `uid`, only that object (Conflict if the name now holds
+        another)."""
+        ...
 
     def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
 
@@ -42,4 +45,9 @@ class Store(Protocol):
     def progress(self, namespace: str, configmap: str) -> dict[str, Any] | None:
         """A run's progress report kept outside the API (the local runner's file); None when it lives in the
         run's progress ConfigMap, which the reconciler reads with the other children."""
+        ...
+
+    def direct(self) -> Store:
+        """The same world read without a cache (the store itself when it has none): a terminal status is
+        decided on what this reads."""
         ...

@@ -26,6 +26,9 @@ class Observed:
     """What the shell read: the resource's children and pods, the resources it depends on, progress."""
 
     children: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    #: objects with a child's name that a previous resource of the same kind and name owns (deleted before
+    #: the garbage collector got to them, or created in a race with that deletion): never used
+    leftovers: dict[Key, dict[str, Any]] = field(default_factory=dict)
     pods: list[dict[str, Any]] = field(default_factory=list)
     dependencies: dict[Key, dict[str, Any]] = field(default_factory=dict)
     progress: dict[str, Any] | None = None
@@ -120,6 +123,8 @@ def reconcile(body: dict[str, Any], observed: Observed, ctx: Context, now: datet
         status = old  # a finished run whose Job disappeared (TTL, a person) is not run again
         desired, deletions = [], []
     actions = _actions(desired, observed) + [Action("delete", d) for d in deletions]
+    if observed.leftovers:  # removed first (a Job must not read an old spec ConfigMap); then created anew
+        actions = [Action("delete", obj) for obj in observed.leftovers.values()]
     return Plan(actions, status, transitions(old, status), child_keys(body))
 
 

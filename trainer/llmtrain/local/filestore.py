@@ -137,12 +137,15 @@ class FileStore:
             new["status"] = _merge(new.get("status") or {}, status)
             return self._save(new)
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete, and garbage-collect what it owns (as Kubernetes' background propagation does)."""
         with self._lock:
-            obj = self._objects.pop((kind, namespace, name), None)
+            obj = self._objects.get((kind, namespace, name))
             if obj is None:
                 raise NotFound(f"{kind} {name}")
+            if uid and obj["metadata"].get("uid") != uid:
+                raise Conflict(f"{kind} {name} is another object now (uid {obj['metadata'].get('uid')})")
+            del self._objects[(kind, namespace, name)]
             self._path(kind, namespace, name).unlink(missing_ok=True)
             uid = obj["metadata"].get("uid")
             owned = [
@@ -177,3 +180,6 @@ class FileStore:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             return None
+
+    def direct(self) -> FileStore:
+        return self  # no cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,6 +19,9 @@ from typing import Any
 
 ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 KEY = "progress.json"
+#: waits before the retries of a write the API server refused for now (5xx, 429) or a dropped connection:
+#: a lost report is a run's status behind by one report, and a lost final report is behind for good
+RETRY_DELAYS = (0.2, 0.5, 1.0)
 
 
 class ConfigMapSink:
@@ -49,8 +53,15 @@ class ConfigMapSink:
         context = None
         if (ACCOUNT_DIR / "ca.crt").exists():
             context = ssl.create_default_context(cafile=str(ACCOUNT_DIR / "ca.crt"))
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=context) as response:
-                response.read()
-        except urllib.error.URLError as exc:  # the Reporter logs OSErrors and carries on
-            raise OSError(f"progress ConfigMap not updated: {exc}") from exc
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout, context=context) as response:
+                    response.read()
+                return
+            except urllib.error.HTTPError as exc:
+                if delay is None or (exc.code < 500 and exc.code != 429):  # 403, 404, 422: retrying cannot help
+                    raise OSError(f"progress ConfigMap not updated: {exc}") from exc
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                if delay is None:  # the Reporter logs OSErrors and carries on
+                    raise OSError(f"progress ConfigMap not updated: {exc}") from exc
+            time.sleep(delay)
