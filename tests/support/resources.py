@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from llmtrain.api import parse_resource
+from llmtrain.api.manifests import read_documents
+from llmtrain.local.filestore import FileStore
 from support.paths import ROOT
 
 EXAMPLES = ROOT / "examples"
@@ -31,3 +34,12 @@ def ready(body: dict[str, Any]) -> dict[str, Any]:
         "conditions": [{"type": "Ready", "status": "True", "reason": "Ingested"}],
     }
     return body
+
+
+def world_with_a_run(root: Path) -> tuple[FileStore, dict[str, Any]]:
+    """A FileStore holding the example's DataSource (ingested, reading a PVC) and its TrainingRun."""
+    world = FileStore(root)
+    documents = read_documents(EXAMPLES / "run.yaml")
+    documents[0]["spec"]["sources"] = [{"pvc": {"claimName": "corpus", "path": "*.txt"}}]
+    world.create(ready(stored(documents[0], 0)))
+    return world, world.create(stored(documents[1], 1))

@@ -6,21 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmtrain.api.manifests import read_documents
 from llmtrain.control.reconciler import Reconciler
 from llmtrain.core import Context, naming
-from llmtrain.local.filestore import FileStore
-from support.resources import EXAMPLES, ready, stored
+from support.resources import EXAMPLES, world_with_a_run
 
 
 def test_a_throttled_progress_write_is_made_when_the_throttle_allows(tmp_path, monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr("llmtrain.control.reconciler.time.monotonic", lambda: clock[0])
-    store = FileStore(tmp_path)
-    documents = read_documents(EXAMPLES / "run.yaml")
-    documents[0]["spec"]["sources"] = [{"pvc": {"claimName": "corpus", "path": "*.txt"}}]
-    store.create(ready(stored(documents[0], 0)))
-    run = store.create(stored(documents[1], 1))
+    store, run = world_with_a_run(tmp_path)
     key = ("TrainingRun", run["metadata"]["namespace"], run["metadata"]["name"])
     reconciler = Reconciler(store, Context(local=True, base_dir=str(EXAMPLES), status_interval=10.0))
     sink = Path(store.progress_sink(key[1], naming.progress_configmap(key[2])))

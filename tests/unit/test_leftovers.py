@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from llmtrain.api.manifests import read_documents
 from llmtrain.control.reconciler import Reconciler
 from llmtrain.control.store import Conflict
 from llmtrain.core import Context, naming
 from llmtrain.local.filestore import FileStore
-from support.resources import EXAMPLES, ready, stored
+from support.resources import EXAMPLES, world_with_a_run
 
 
 def test_a_leftover_spec_configmap_is_deleted_first_then_everything_is_created_anew(tmp_path):
-    world = FileStore(tmp_path)
-    documents = read_documents(EXAMPLES / "run.yaml")
-    documents[0]["spec"]["sources"] = [{"pvc": {"claimName": "corpus", "path": "*.txt"}}]
-    world.create(ready(stored(documents[0], 0)))
-    run = world.create(stored(documents[1], 1))
+    world, run = world_with_a_run(tmp_path)
     namespace, name = run["metadata"]["namespace"], run["metadata"]["name"]
     spec_name = naming.spec_configmap("TrainingRun", name)
     previous = {"apiVersion": run["apiVersion"], "kind": "TrainingRun", "name": name, "uid": "uid-of-the-deleted-run"}

@@ -7,12 +7,11 @@ import copy
 import json
 from typing import Any
 
-from llmtrain.api.manifests import read_documents
 from llmtrain.control.reconciler import Reconciler
 from llmtrain.core import Context, naming
 from llmtrain.core import reconcile as core_reconcile
 from llmtrain.local.filestore import FileStore
-from support.resources import EXAMPLES, NOW, ready, stored
+from support.resources import EXAMPLES, NOW, world_with_a_run
 
 
 class StaleCache:
@@ -32,11 +31,7 @@ class StaleCache:
 
 
 def test_a_failure_is_diagnosed_on_what_the_api_server_holds_not_on_a_lagging_cache(tmp_path):
-    world = FileStore(tmp_path)
-    documents = read_documents(EXAMPLES / "run.yaml")
-    documents[0]["spec"]["sources"] = [{"pvc": {"claimName": "corpus", "path": "*.txt"}}]
-    world.create(ready(stored(documents[0], 0)))
-    run = world.create(stored(documents[1], 1))
+    world, run = world_with_a_run(tmp_path)
     namespace, name = run["metadata"]["namespace"], run["metadata"]["name"]
     ctx = Context(local=True, base_dir=str(EXAMPLES))
     Reconciler(world, ctx).reconcile("TrainingRun", namespace, name)  # creates the Job
