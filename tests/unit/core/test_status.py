@@ -245,6 +245,17 @@ def test_children_that_lost_the_operators_labels_get_them_back(bodies, cluster):
     assert verbs == dict.fromkeys(replaced, ("update", None))
 
 
+def test_a_completed_trainer_ran_every_step_even_if_its_last_report_was_lost(run_world, bodies):
+    job, observe = run_world
+    total = bodies["TrainingRun"]["spec"]["training"]["maxSteps"]
+    done = copy.deepcopy(job)
+    done["status"].update(succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    report = {"version": 1, "phase": "Running", "step": total - 1, "totalSteps": total}
+    plan = observe(job=done, pods=[pod(job, phase="Succeeded")], progress=report)
+    assert plan.status["phase"] == "Succeeded"
+    assert (plan.status["step"], plan.status["progress"]) == (total, f"{total}/{total}")
+
+
 def test_stalled_run_raises_a_critical_alert(run_world):
     job, observe = run_world
     old = {

@@ -1,4 +1,4 @@
-"""The trainer's progress writes survive a busy API server: 5xx and 429 are retried, refusals are not."""
+"""The trainer's progress writes survive a busy API server: 5xx, 409 and 429 are retried, refusals are not."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def server(monkeypatch):
 
 def test_a_final_report_lands_through_server_errors(server):
     answers, received = server
-    answers += [500, 503, 429]
+    answers += [500, 409, 429]
     ConfigMapSink("configmap://team-a/run-progress").write({"version": 1, "step": 40, "phase": "Succeeded"})
     assert len(received) == 4 and json.loads(received[-1]["data"]["progress.json"])["step"] == 40
 

@@ -283,6 +283,9 @@ def _trainingrun(body, run: TrainingRun, namespace: str, observed: Observed, ctx
     nodes = run.spec.resources.nodes
     state = job_status(builder, job, observed.pods, nodes, "training", run.spec.resources.gpu_resource_name)
     apply_progress(status, observed.progress, run.spec.training.max_steps, iso(now))
+    if state == "Complete":  # a trainer exits 0 only after its last step, whether or not its last report landed
+        status["step"] = run.spec.training.max_steps
+        status["progress"] = f"{run.spec.training.max_steps}/{run.spec.training.max_steps}"
     mine = job_pods(job, observed.pods)
     failed = int((job or {}).get("status", {}).get("failed") or 0)
     restarts = -(-failed // nodes)

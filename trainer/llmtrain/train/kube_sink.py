@@ -19,8 +19,9 @@ from typing import Any
 
 ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 KEY = "progress.json"
-#: waits before the retries of a write the API server refused for now (5xx, 429) or a dropped connection:
-#: a lost report is a run's status behind by one report, and a lost final report is behind for good
+#: waits before retrying a write the API server refused for now (5xx, 429, a 409 from contention on the
+#: object) or a dropped connection: a lost report leaves the run's status one report behind, a lost final
+#: report for good
 RETRY_DELAYS = (0.2, 0.5, 1.0)
 
 
@@ -59,7 +60,7 @@ class ConfigMapSink:
                     response.read()
                 return
             except urllib.error.HTTPError as exc:
-                if delay is None or (exc.code < 500 and exc.code != 429):  # 403, 404, 422: retrying cannot help
+                if delay is None or (exc.code < 500 and exc.code not in (409, 429)):  # 403, 404, 422: final
                     raise OSError(f"progress ConfigMap not updated: {exc}") from exc
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 if delay is None:  # the Reporter logs OSErrors and carries on
