@@ -172,7 +172,9 @@ def main() -> None:
         all_status = time.monotonic() - start
         time.sleep(2)
         rss = rss_mib(operator.pid)
-        requests = api.server.counts
+        requests: dict[str, int] = {}  # by verb, every client
+        for (_, verb), count in api.server.verbs.items():
+            requests[verb] = requests.get(verb, 0) + count
         by_operator = {verb: n for (agent, verb), n in api.server.verbs.items() if agent == "llmtrain-operator"}
         result = {
             "operator_commit": commit.stdout.strip(),

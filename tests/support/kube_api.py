@@ -167,7 +167,6 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         self.faults = Faults()
         self.watch_generation = 0
         self.writes = 0
-        self.counts: dict[str, int] = {}
         self.calls: set[tuple[str, str, str, str, str]] = set()
         self.verbs: Counter[tuple[str, str]] = Counter()  # (client, verb) -> requests
         for (group_version, plural), (kind, namespaced) in BUILTINS.items():
@@ -224,7 +223,6 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         if self.faults.latency:
             await asyncio.sleep(self.faults.latency)
         method = str(request.method).upper().split(".")[-1]
-        self.counts[method] = self.counts.get(method, 0) + 1
         self._record_call(request, key, method)
         params = request.params
         if method in ("POST", "PUT", "PATCH", "DELETE"):
