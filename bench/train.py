@@ -6,6 +6,9 @@
 2. Scaling: `llmtrain train` with 2 FSDP2 ranks (gloo, 1 core each) against 1 process (2 cores).
 3. Checkpoints: save and load of model + AdamW state through llmtrain's Checkpointer against a raw
    sequential write (and read) of the same number of bytes to the same disk, fsync'd.
+4. Pauses: tokens/s of the steps right after a checkpoint + validation against the others, in a tiny
+   `llmtrain train` run that logs every step (tokens/s leaves the pauses out: the ratio is about 1).
+   Also, from (2): the minutes the whole example run (examples/run.yaml) takes in one process here.
 
     python bench/train.py [--rounds 3] [--steps 8]
 """
@@ -134,8 +137,67 @@ def scaling(steps: int) -> dict:
             rates = [r["tokensPerSecond"] for r in records if "tokensPerSecond" in r][1:]  # skip the first window
             out[f"ranks_{ranks}"] = {"tokens_per_s": round(statistics.median(rates))}
         out["efficiency_2_ranks"] = round(out["ranks_2"]["tokens_per_s"] / out["ranks_1"]["tokens_per_s"], 3)
+        out["example_run_minutes"] = round(example_tokens(root) / out["ranks_1"]["tokens_per_s"] / 60, 1)
         out["note"] = "2 ranks x 1 core vs 1 process x 2 cores on the same 2 cores; per-rank batch as in the spec"
         return out
+
+
+def example_tokens(root: Path) -> int:
+    """The tokens the whole example TrainingRun trains on."""
+    from llmtrain.api import TrainingRun, load_resources, select_resource
+
+    spec = select_resource(load_resources(root / "examples/run.yaml"), TrainingRun).spec
+    training = spec.training
+    return (
+        training.max_steps * training.micro_batch_size * training.gradient_accumulation_steps * spec.model.max_seq_len
+    )
+
+
+def pauses(steps: int = 40, every: int = 8) -> dict:
+    """Median tokens/s of the steps after a checkpoint + validation (every `every`) against the others."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as work:
+        work_dir = Path(work)
+        (work_dir / "data").mkdir()
+        for path in sorted((root / "examples/data/shakespeare").glob("*.txt"))[:6]:
+            (work_dir / "data" / path.name).write_bytes(path.read_bytes())
+        source = {
+            "apiVersion": "llmtrain.dev/v1alpha1",
+            "kind": "DataSource",
+            "metadata": {"name": "corpus"},
+            "spec": {"sources": [{"local": {"path": "data/*.txt"}}], "tokenizer": {"vocabSize": 512}},
+        }
+        run = {
+            "apiVersion": "llmtrain.dev/v1alpha1",
+            "kind": "TrainingRun",
+            "metadata": {"name": "pauses"},
+            "spec": {
+                "dataSourceRef": {"name": "corpus"},
+                "model": {"layers": 2, "hiddenSize": 64, "heads": 4, "kvHeads": 2, "maxSeqLen": 64},
+                "training": {"maxSteps": steps, "microBatchSize": 4, "precision": "fp32", "logEverySteps": 1},
+                "validation": {"everySteps": every, "batches": 2},
+                "checkpointing": {"everySteps": every, "keepLast": 2},
+            },
+        }
+        (work_dir / "run.yaml").write_text(json.dumps(source) + "\n---\n" + json.dumps(run))
+        cli = [sys.executable, "-m", "llmtrain.cli"]
+        spec = str(work_dir / "run.yaml")
+        data, saved, metrics = (str(work_dir / name) for name in ("d", "c", "m"))
+        subprocess.run([*cli, "ingest", "-f", spec, "--output", data], check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [*cli, "train", "-f", spec, "--data", data, "--checkpoints", saved, "--metrics-dir", metrics],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        records = [json.loads(line) for line in (work_dir / "m" / "metrics.jsonl").read_text().splitlines()]
+    after = statistics.median(r["tokensPerSecond"] for r in records if r["step"] % every == 1 and r["step"] > 1)
+    others = statistics.median(r["tokensPerSecond"] for r in records if r["step"] % every not in (0, 1))
+    return {
+        "after_pause_tokens_per_s": round(after),
+        "other_tokens_per_s": round(others),
+        "after_pause_vs_others": round(after / others, 3),  # 0.26 before pauses were left out
+    }
 
 
 def checkpoints() -> dict:
@@ -203,6 +265,7 @@ def main() -> None:
     results["throughput"] = throughput(args.rounds, args.steps)
     results["checkpoint"] = checkpoints()
     results["scaling"] = scaling(args.scaling_steps)
+    results["pauses"] = pauses()
     print(json.dumps(results, indent=2))
 
 

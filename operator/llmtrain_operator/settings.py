@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from llmtrain import netpolicy
 from llmtrain.core import Context
 from llmtrain.core.context import DEFAULT_IMAGE
 
@@ -27,6 +28,11 @@ class Settings:
     #: Talk to this API server instead of the in-cluster or kubeconfig one (tests, port-forwards).
     api_url: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: What HTTP sources in ingest pods may not reach, and the exceptions (the chart's ingest.httpSources).
+    http_denied_cidrs: tuple[str, ...] = netpolicy.CLUSTER_DENIED
+    http_allowed_cidrs: tuple[str, ...] = ()
+    #: Seconds one network input may take to read (the chart's ingest.readDeadlineSeconds); None: 3600.
+    read_deadline_seconds: float | None = None
 
     def context(self) -> Context:
         return Context(
@@ -36,6 +42,9 @@ class Settings:
             s3_endpoint=self.s3_endpoint,
             status_interval=self.status_interval,
             labels=self.labels,
+            http_denied_cidrs=self.http_denied_cidrs,
+            http_allowed_cidrs=self.http_allowed_cidrs,
+            read_deadline_seconds=self.read_deadline_seconds,
         )
 
 
@@ -50,6 +59,16 @@ def _number(env: dict[str, str], name: str, default: float, minimum: float) -> f
     if value < minimum:
         raise ConfigurationError(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+
+def _cidrs(env: dict[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated CIDR list; unset: `default`, empty: none."""
+    if name not in env:
+        return default
+    try:
+        return tuple(str(net) for net in netpolicy.parse(env[name], name))
+    except netpolicy.PolicyError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def from_env(env: dict[str, str] | None = None) -> Settings:
@@ -76,4 +95,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         workers=int(_number(env, "LLMTRAIN_WORKERS", 4, 1)),
         metrics_port=int(_number(env, "LLMTRAIN_METRICS_PORT", 8080, 0)) if port not in ("", "0") else None,
         api_url=env.get("LLMTRAIN_KUBE_API") or None,
+        http_denied_cidrs=_cidrs(env, netpolicy.DENIED_ENV, netpolicy.CLUSTER_DENIED),
+        http_allowed_cidrs=_cidrs(env, netpolicy.ALLOWED_ENV, ()),
+        read_deadline_seconds=_number(env, "LLMTRAIN_READ_DEADLINE_SECONDS", 0, 1) or None,
     )

@@ -36,6 +36,7 @@ def granted() -> set[tuple[str, str, str]]:
         capture_output=True,
         text=True,
         check=True,
+        timeout=120,
     ).stdout
     role = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Role")
     return {

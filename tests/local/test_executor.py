@@ -144,3 +144,33 @@ def test_deleting_a_job_stops_its_pods(world):
 
 def test_expansion_keeps_unknown_variables():
     assert expand("--rank=$(RANK) $(NOPE)", {"RANK": "3"}) == "--rank=3 $(NOPE)"
+
+
+def test_a_dead_pod_leaves_no_process_behind_even_in_another_session(world, tmp_path):
+    """A container's processes die with it (the runtime kills its cgroup): a child the main process started
+    in a session of its own, as torchrun starts its workers, must not outlive the pod and work on beside
+    its replacement."""
+    store, executor = world
+    pid_file = tmp_path / "orphan.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "sys.exit(0)"
+    )
+    store.create(job("orphans", script))
+    run_until(store, executor, "orphans", "Complete")
+    orphan = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(orphan) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(orphan), "the pod's child in its own session survived the pod"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

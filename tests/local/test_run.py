@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from support.paths import ROOT
@@ -38,6 +39,7 @@ def state(workdir: Path, kind: str, name: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+@pytest.mark.timeout(1200)  # the first run (up to 360 s) and the resumed one (up to 600 s)
 def test_run_interrupt_resume_and_get(tmp_path):
     run_file, workdir = small_run(tmp_path), tmp_path / "work"
     env = {**os.environ, "LLMTRAIN_PEAK_FLOPS": "1e11"}
@@ -54,7 +56,9 @@ def test_run_interrupt_resume_and_get(tmp_path):
         if checkpoint or first.poll() is not None:
             break
         time.sleep(0.2)
-    assert checkpoint, first.communicate()[0][-3000:]
+    if not checkpoint:
+        first.kill()
+        pytest.fail(f"no checkpoint in the status: {first.communicate(timeout=60)[0][-3000:]}")
     first.send_signal(signal.SIGINT)
     output = first.communicate(timeout=120)[0]
     assert first.returncode == 130, output[-3000:]
@@ -85,7 +89,11 @@ def test_run_interrupt_resume_and_get(tmp_path):
     assert {"Ingested", "CheckpointSaved", "Trained", "Exported"} <= {e["reason"] for e in events}
 
     table = subprocess.run(
-        [*LLMTRAIN, "get", "tr", "--workdir", str(workdir), "-o", "wide"], capture_output=True, text=True, check=True
+        [*LLMTRAIN, "get", "tr", "--workdir", str(workdir), "-o", "wide"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     header, row = table.splitlines()[:2]
     assert header.split() == [
@@ -104,7 +112,11 @@ def test_run_interrupt_resume_and_get(tmp_path):
     assert row.split()[:3] == ["tiny-llama", "Succeeded", "40/40"]
     listing = json.loads(
         subprocess.run(
-            [*LLMTRAIN, "get", "--workdir", str(workdir), "-o", "json"], capture_output=True, text=True, check=True
+            [*LLMTRAIN, "get", "--workdir", str(workdir), "-o", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         ).stdout
     )
     assert [i["kind"] for i in listing["items"]] == ["DataSource", "TrainingRun", "ModelExport"]
@@ -114,6 +126,81 @@ def test_bad_run_file_names_the_field(tmp_path):
     bad = tmp_path / "run.yaml"
     bad.write_text((ROOT / "examples" / "run.yaml").read_text().replace("maxSteps: 300", "maxSteps: -1"))
     result = subprocess.run(
-        [*LLMTRAIN, "run", "-f", str(bad), "--workdir", str(tmp_path / "w")], capture_output=True, text=True
+        [*LLMTRAIN, "run", "-f", str(bad), "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "spec.training.maxSteps" in result.stderr
+
+
+STDIN_RUN = """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+stringData:
+  AWS_ACCESS_KEY_ID: from-stdin
+---
+apiVersion: llmtrain.dev/v1alpha1
+kind: DataSource
+metadata:
+  name: corpus
+spec:
+  sources:
+    - local:
+        path: missing/*.txt
+  format: txt
+"""
+
+
+def run_stdin(text: str, workdir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*LLMTRAIN, "run", "-f", "-", "--workdir", str(workdir)],
+        input=text,
+        capture_output=True,
+        text=True,
+        cwd=workdir.parent,
+        timeout=120,
+    )
+
+
+def test_run_reads_stdin_once_and_applies_every_document(tmp_path):
+    """`-f -` is read once: the Secret (applied from the same documents as the resources) is there, and
+    the DataSource got past loading (its ingest refused the missing input, exit 1 for the run)."""
+    result = run_stdin(STDIN_RUN, tmp_path / "w")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    secret = state(tmp_path / "w", "Secret", "creds")
+    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "from-stdin"}
+    ingest = state(tmp_path / "w", "DataSource", "corpus")["status"]
+    assert "no input files, objects or URLs matched" in ingest["message"]
+
+
+def test_a_spec_error_on_stdin_is_reported_from_its_content(tmp_path):
+    result = run_stdin(STDIN_RUN.replace("format: txt", "format: txt\n  workers: -1"), tmp_path / "w")
+    assert result.returncode == 2 and "error: <stdin>" in result.stderr and "spec.workers" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreadable_work_directory_is_exit_2_with_one_line(tmp_path):
+    """A --workdir that is a file, or holds a state file that is not JSON: exit 2 and one line naming it,
+    for `run` and `get` alike (not a traceback and exit 1)."""
+    (tmp_path / "file").write_text("not a directory")
+    result = run_stdin(STDIN_RUN, tmp_path / "file")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"error: {tmp_path / 'file'}: not a directory; --workdir names the run's work directory"
+    ]
+    corrupt = tmp_path / "w" / "state" / "DataSource" / "default" / "corpus.json"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_text('{"kind": "DataSource", "metadata": ')  # a write cut short by hand
+    for command in (["run", "-f", "-"], ["get"]):
+        result = subprocess.run(
+            [*LLMTRAIN, *command, "--workdir", str(tmp_path / "w")],
+            input=STDIN_RUN,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr[-3000:]
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: {corrupt}: not a state file of llmtrain run (JSONDecodeError")

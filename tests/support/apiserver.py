@@ -64,7 +64,7 @@ def to_jsonschema(schema: dict[str, Any]) -> dict[str, Any]:
     if schema.get("x-kubernetes-int-or-string"):
         out = {
             "anyOf": [
-                {"type": "integer"},
+                {"type": "integer", **({"minimum": out["minimum"]} if "minimum" in out else {})},
                 {"type": "string", **({"pattern": out["pattern"]} if "pattern" in out else {})},
             ]
         }

@@ -115,6 +115,9 @@ class Cluster(Harness):
             "status_interval": 1.0,
             "resync_seconds": 60.0,  # events drive the tests; resync is only a safety net
             "metrics_port": None,
+            # the tests' HTTP sources serve from 127.0.0.1, which the operator's default policy denies to
+            # ingest pods: this cluster's administrator allows it, as the chart's ingest.httpSources would
+            "http_allowed_cidrs": ("127.0.0.0/8",),
         }
         settings = Settings(**{**options, **overrides})
         self.operator = Operator(settings)

@@ -139,19 +139,34 @@ class Seaweed:
         return self.server
 
     def stop(self) -> None:
-        """Kill the server (its data stays): the endpoint stops answering."""
+        """Kill the server (its data stays). Synchronous: on return the process is gone and the S3 port
+        refuses connections, so nothing a caller does afterwards can still reach the server."""
         if self.process is not None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                self.process.wait(timeout=30)
             self.process = None
+            _wait_refused(self.base + 3)
 
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _wait_refused(port: int, timeout: float = 30) -> None:
+    """Until a connection to 127.0.0.1:`port` is refused (nothing listens there any more)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"port {port} still accepts connections after SeaweedFS was stopped")
+        time.sleep(0.05)
 
 
 def run_seaweed() -> Iterator[S3Server]:

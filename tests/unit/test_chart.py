@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from llmtrain import netpolicy
 from support.paths import ROOT
 
 HELM = ROOT / ".tools" / "bin" / "helm"
@@ -44,6 +45,14 @@ VALUE_SETS = {
         "imagePullSecrets[0].name=registry",
         "--set",
         "operator.workers=8",
+    ],
+    "ingest-policy": [
+        "--set-json",
+        'ingest.httpSources.allowedCIDRs=["10.96.12.34/32","fd00:10:96::/64"]',
+        "--set-json",
+        'ingest.httpSources.deniedCIDRs=["0.0.0.0/0","::/0"]',
+        "--set",
+        "ingest.readDeadlineSeconds=600",
     ],
 }
 pytestmark = pytest.mark.skipif(not HELM.exists(), reason="helm is not installed: run `make tools`")
@@ -87,8 +96,13 @@ def test_values_schema_refuses_bad_values():
         ["--set", "operator.workers=0"],
         ["--set", "watchNamespaces={Team_A}"],
         ["--set", "unknownKey=1"],
+        ["--set-json", 'ingest.httpSources.allowedCIDRs=["10.0.0.1"]'],
+        ["--set-json", 'ingest.httpSources.deniedCIDRs=["everything"]'],
+        ["--set", "ingest.readDeadlineSeconds=0"],
     ):
-        result = subprocess.run([str(HELM), "template", "x", str(CHART), *bad], capture_output=True, text=True)
+        result = subprocess.run(
+            [str(HELM), "template", "x", str(CHART), *bad], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode != 0, bad
 
 
@@ -114,3 +128,13 @@ def test_chart_crds_are_the_generated_ones():
     assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == generated
     for name in generated:
         assert filecmp.cmp(ROOT / "crds" / name, CHART / "crds" / name, shallow=False), f"run `make crds`: {name}"
+
+
+def test_ingest_limits_reach_the_operator_environment():
+    deployment = next(o for o in render(VALUE_SETS["ingest-policy"]) if o["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LLMTRAIN_HTTP_ALLOWED_CIDRS"] == "10.96.12.34/32,fd00:10:96::/64"
+    assert env["LLMTRAIN_HTTP_DENIED_CIDRS"] == "0.0.0.0/0,::/0" and env["LLMTRAIN_READ_DEADLINE_SECONDS"] == "600"
+    default = next(o for o in render([]) if o["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LLMTRAIN_HTTP_DENIED_CIDRS"] == ",".join(netpolicy.CLUSTER_DENIED)

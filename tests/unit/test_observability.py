@@ -53,6 +53,7 @@ def test_alert_rules_parse_and_use_exported_metrics():
         capture_output=True,
         text=True,
         check=True,
+        timeout=120,
     ).stdout
     rule = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "PrometheusRule")
     alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}

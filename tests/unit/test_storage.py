@@ -58,3 +58,19 @@ def test_s3_read_write_exists_delete(s3):
         storage.read_bytes("s3://bucket/missing", client=s3)
     with pytest.raises(storage.StorageError, match="the bucket does not exist"):
         storage.list_files("s3://nope/x", client=s3)
+
+
+def test_download_cache_is_keyed_by_etag_not_size(s3, tmp_path):
+    """A cached file is reused only while the object's ETag is the one recorded: an object rewritten with
+    other bytes of the same size (a run recreated under the same name) is downloaded again."""
+    s3.put_object(Bucket="bucket", Key="ckpt/step-1/shard.bin", Body=b"first-bytes")
+    s3.put_object(Bucket="bucket", Key="ckpt/step-1/meta.json", Body=b"{}")
+    target = tmp_path / "cache"
+    storage.download_tree("s3://bucket/ckpt/step-1", target, client=s3)
+    assert (target / "shard.bin").read_bytes() == b"first-bytes"
+    (target / "meta.json").write_bytes(b"[]")  # same size, same ETag upstream: served from the cache
+    s3.put_object(Bucket="bucket", Key="ckpt/step-1/shard.bin", Body=b"other-bytes")  # same size, new ETag
+    storage.download_tree("s3://bucket/ckpt/step-1", target, client=s3)
+    assert (target / "shard.bin").read_bytes() == b"other-bytes"
+    assert (target / "meta.json").read_bytes() == b"[]"
+    assert sorted(p.name for p in target.iterdir()) == [".downloaded.json", "meta.json", "shard.bin"]  # no temps

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from support.ingest import data_source, run_ingest, write_spec
+from support.llama import require_llama_cpp
 from support.paths import ROOT
 
 
@@ -55,7 +56,7 @@ def train_tiny(root: Path, tokenizer: dict) -> tuple[Path, Path]:
         "--checkpoints",
         str(root / "ckpt"),
     ]
-    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0
     return root / "dataset", root / "ckpt"
 
 
@@ -97,6 +98,7 @@ def export(tmp_path: Path, data: Path, checkpoint_root: Path, **spec) -> tuple[i
         ],
         capture_output=True,
         text=True,
+        timeout=600,
     )
     return process.returncode, json.loads(process.stdout.strip().splitlines()[-1]), process.stderr
 
@@ -148,7 +150,8 @@ def test_onnx_and_int8_in_onnxruntime(tmp_path, trained):
     assert not verdict["passed"] and "above full precision" in verdict["message"]
 
 
-@pytest.mark.parametrize(("select", "step"), [("latest", 16), ("best", 16), ("step", 8)])
+# `best` is tested where it differs from `latest`: test_train.py::test_best_differs_from_latest_is_kept_and_exported
+@pytest.mark.parametrize(("select", "step"), [("latest", 16), ("step", 8)])
 def test_checkpoint_selection(tmp_path, trained, select, step):
     data, checkpoints = trained
     spec = {"checkpoint": select, "formats": ["torchscript"], **({"step": 8} if select == "step" else {})}
@@ -198,9 +201,8 @@ def test_bad_inputs(tmp_path, trained):
 
 @pytest.fixture
 def llama_cpp():
-    return pytest.importorskip(
-        "llama_cpp", reason="llama-cpp-python is not installed: `make llama-cpp` builds it (about 7 minutes)"
-    )
+    """llama-cpp-python; skipped without it on a developer's machine, a failure in CI (GGUF is claimed)."""
+    return require_llama_cpp()
 
 
 @pytest.mark.parametrize(("quantization", "tensor_type", "budget"), [("q8_0", "Q8_0", 0.01), ("int4", "Q4_0", 0.1)])
@@ -276,3 +278,18 @@ def test_sentencepiece_unigram_exports_to_the_hf_layout_but_not_gguf(tmp_path, t
     assert hf_artifact["validation"]["tokenizerMatch"] is True and hf_artifact["validation"]["passed"]
     code, report, _ = export(tmp_path, data, checkpoints, formats=["gguf"])
     assert code == 2 and "GGUF cannot carry a unigram tokenizer" in report["error"]
+
+
+def test_a_failed_check_writes_a_report_that_says_so_and_exits_2(tmp_path, trained):
+    """A real runtime check that fails (ONNX Runtime's logits held to a relative error of 1e-12, which no
+    second runtime meets): exit 2 naming the check, and export-report.json written with `passed: false`
+    and the failing artifact's figures, so nothing downstream mistakes the export for a good one."""
+    data, checkpoints = trained
+    code, report, stderr = export(tmp_path, data, checkpoints, formats=["onnx"], validate={"maxRelativeError": 1e-12})
+    assert code == 2, stderr[-3000:]
+    assert "deployment check failed: onnx" in report["error"] and "Traceback" not in stderr
+    written = json.loads((tmp_path / "out/export-report.json").read_text())
+    assert written["passed"] is False and written["checkpoint"]["step"] == 16
+    (artifact,) = written["artifacts"]
+    assert artifact["format"] == "onnx" and artifact["validation"]["passed"] is False
+    assert artifact["validation"]["maxRelativeError"] > 1e-12

@@ -108,3 +108,38 @@ def test_unreachable_endpoint_is_retryable(tmp_path, secrets_dir):
         env={"LLMTRAIN_SECRETS_DIR": str(secrets_dir), "AWS_MAX_ATTEMPTS": "1"},
     )
     assert result.code == 75 and "cannot reach the S3 endpoint" in result.report["error"]
+
+
+def test_s3_output_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(tmp_path, s3_server, corpus_bucket):
+    """The lock object is created with a conditional PUT (If-None-Match: *): a held one refuses the writer
+    (75, naming the owner), an expired one is taken over and released at the end."""
+    from llmtrain import locking
+
+    client = s3_server.client()
+    client.create_bucket(Bucket=f"{corpus_bucket}-lock")
+    output = f"s3://{corpus_bucket}-lock/datasets/plays"
+    env = s3_server.env()
+    lock = locking.acquire(output, client=client)  # held by this test process
+    try:
+        with pytest.raises(locking.OutputLocked, match=rf"locked by {lock.holder.owner} until "):
+            locking.acquire(output, client=client)
+    finally:
+        locking.release(lock)
+    assert "Contents" not in client.list_objects_v2(Bucket=f"{corpus_bucket}-lock")
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in sorted((ROOT / "examples/data/shakespeare").glob("*.txt"))[:3]:
+        (data / path.name).write_bytes(path.read_bytes())
+    spec = write_spec(tmp_path, data_source())
+    held = {"host": "another-pod", "pid": 1, "token": "t", "expires": 4e9}
+    client.put_object(Bucket=f"{corpus_bucket}-lock", Key="datasets/plays/.lock", Body=json.dumps(held).encode())
+    refused = run_ingest("-f", str(spec), "--output", output, env=env)
+    assert refused.code == 75 and "locked by another-pod/pid 1 until 2096-" in refused.report["error"]
+    client.put_object(
+        Bucket=f"{corpus_bucket}-lock", Key="datasets/plays/.lock", Body=json.dumps({**held, "expires": 1}).encode()
+    )
+    result = run_ingest("-f", str(spec), "--output", output, env=env)
+    assert result.code == 0, result.stderr[-3000:]
+    assert "stale lock taken over" in result.stderr
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=f"{corpus_bucket}-lock")["Contents"]]
+    assert "datasets/plays/manifest.json" in keys and "datasets/plays/.lock" not in keys

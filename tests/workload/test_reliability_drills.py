@@ -11,7 +11,7 @@ import pytest
 
 from support.paths import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # each drill may take its subprocess's 600 s
 
 
 def drill(name: str, *args: str) -> dict:

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -19,7 +18,9 @@ import torch
 import yaml
 
 from support.ingest import data_source, run_ingest, write_spec
+from support.llama import require_llama_cpp
 from support.paths import ROOT
+from support.pause import kill_paused, pause_env, release, wait_until_paused
 from support.seaweed import Seaweed
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -93,6 +94,13 @@ def train(spec: Path, data: Path, checkpoints: Path | str, ranks: int = 1, *extr
     return process.returncode
 
 
+def export_cli(spec: Path, data: Path, output: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`llmtrain export` as a process, its output captured."""
+    command = [sys.executable, "-m", "llmtrain.cli", "export", "-f", str(spec), *extra]
+    command += ["--data", str(data), "--output", str(output), "--cache", str(cache)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
 def losses(checkpoints: Path) -> dict[int, float]:
     """Loss by step from the metrics JSONL (a resumed run appends to it)."""
     path = checkpoints.parent / f"{checkpoints.name}-metrics" / "metrics.jsonl"
@@ -132,16 +140,22 @@ def test_fsdp_two_ranks_match_one_process_with_accumulation(tmp_path, dataset):
 def test_sigkill_then_resume_is_bit_exact(tmp_path, dataset):
     spec = run_spec(tmp_path, steps=64, training={"deterministic": True})  # CPUs are regardless; the flag runs
     assert train(spec, dataset, tmp_path / "clean") == 0
-    checkpoints = tmp_path / "killed"
+    checkpoints, marker = tmp_path / "killed", tmp_path / "paused"
     process = subprocess.Popen(
-        train_command(spec, dataset, checkpoints), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        train_command(spec, dataset, checkpoints),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **pause_env("checkpoint-meta:16", marker)},
     )
-    wait_for_step(checkpoints, 13)  # past the first checkpoint (step 8), mid-interval
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    resumed_from = int((checkpoints / "latest").read_text().split("-")[1])
-    assert 8 <= resumed_from < 64
+    wait_until_paused(process, marker)  # inside the save of step 16: its shards written, its meta.json not
+    partial = checkpoints / "step-00000016"
+    assert any(partial.glob("*.distcp")) and not (partial / "meta.json").exists()
+    kill_paused(process, marker)  # the kill lands mid-write
+    assert not (partial / "meta.json").exists() and (checkpoints / "latest").read_text() == "step-00000008"
     assert train(spec, dataset, checkpoints) == 0
+    metrics = (tmp_path / "killed-metrics" / "metrics.jsonl").read_text().splitlines()
+    resumed_from = 8  # the interrupted save is never loaded: steps 1-16, then 9-64 again
+    assert [json.loads(line)["step"] for line in metrics] == [*range(1, 17), *range(9, 65)]
     clean, resumed = losses(tmp_path / "clean"), losses(checkpoints)
     assert all(resumed[s] == clean[s] for s in range(resumed_from + 1, 65))  # bit for bit
     a, b = final_weights(tmp_path / "clean"), final_weights(checkpoints)
@@ -193,18 +207,60 @@ def test_retention_progress_and_metrics(tmp_path, dataset):
     assert {"loss", "lr", "gradNorm", "tokensPerSecond", "mfu", "memoryMiB"} <= records[0].keys()
     assert any("val/accuracy" in r for r in records)
     assert list((tmp_path / "ret-metrics" / "tensorboard").iterdir())
-    # tokens/s counts training time: the steps after a checkpoint + validation (every 8) are not slower
-    after_pause = statistics.median(r["tokensPerSecond"] for r in records if r["step"] % 8 == 1 and r["step"] > 1)
-    others = statistics.median(r["tokensPerSecond"] for r in records if r["step"] % 8 not in (0, 1))
-    assert after_pause > 0.5 * others, (after_pause, others)
+    # that tokens/s leaves out checkpoint and validation pauses is measured by bench/train.py (pauses)
 
 
-def test_nonfinite_loss_saves_last_good_state_and_exits_3(tmp_path, dataset):
+def test_best_differs_from_latest_is_kept_and_exported(tmp_path, dataset):
+    """Validation loss falls to step 16, then rises (the learning rate raised 100x on resume): `best` names
+    the checkpoint of the lowest validation loss, not the latest; retention (keepLast 2) keeps it beside
+    the last two; an export of `best` loads that checkpoint."""
+    checkpoints = tmp_path / "best"
+    assert train(run_spec(tmp_path, steps=32), dataset, checkpoints, 1, "--stop-at-step", "16") == 0
+    assert train(run_spec(tmp_path, steps=32, training={"optimizer": {"lr": 0.3}}), dataset, checkpoints) == 0
+    records = map(json.loads, (tmp_path / "best-metrics" / "metrics.jsonl").read_text().splitlines())
+    val_losses = {r["step"]: r["val/valLoss"] for r in records if "val/valLoss" in r}
+    assert sorted(val_losses) == [8, 16, 24, 32]
+    lowest = f"step-{min(val_losses, key=val_losses.get):08d}"
+    assert (checkpoints / "best").read_text() == lowest != (checkpoints / "latest").read_text() == "step-00000032"
+    kept = {p.name for p in checkpoints.glob("step-*")}
+    assert kept == {lowest, "step-00000024", "step-00000032"}, val_losses
+    export = {
+        "apiVersion": "llmtrain.dev/v1alpha1",
+        "kind": "ModelExport",
+        "metadata": {"name": "best"},
+        "spec": {
+            "checkpointUri": str(checkpoints),
+            "dataSourceRef": {"name": "corpus"},
+            "checkpoint": "best",
+            "formats": ["safetensors"],
+        },
+    }
+    (tmp_path / "export.yaml").write_text(yaml.safe_dump(export))
+    process = export_cli(tmp_path / "export.yaml", dataset, tmp_path / "out", tmp_path / "cache")
+    assert process.returncode == 0, process.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "export-report.json").read_text())
+    assert report["checkpoint"]["uri"].endswith(lowest) and report["checkpoint"]["step"] == int(lowest[5:])
+    assert report["passed"]  # the artifact matches the model it was exported from: that checkpoint
+
+
+@pytest.mark.parametrize(
+    ("poisoned", "last_good"),
+    [
+        ("gradient", "step-00000013"),  # caught before the optimizer step: the weights of step 13 are good
+        ("weight", "step-00000008"),  # NaN weights are not saved: the last checkpoint stays the good state
+    ],
+)
+def test_nonfinite_training_saves_only_finite_state_and_exits_3(tmp_path, dataset, poisoned, last_good):
+    """Real divergence: a gradient (or a weight) of step 13 made NaN, not just the reported loss. The
+    trainer exits 3, and `latest` names a checkpoint whose weights are all finite."""
     checkpoints = tmp_path / "nan"
-    code = train(run_spec(tmp_path), dataset, checkpoints, env={"LLMTRAIN_INJECT_NONFINITE_LOSS_AT_STEP": "13"})
+    code = train(run_spec(tmp_path), dataset, checkpoints, env={"LLMTRAIN_TEST_POISON": f"{poisoned}:13"})
     assert code == 3
-    assert (checkpoints / "latest").read_text() == "step-00000013"
-    assert json.loads((checkpoints / "step-00000013" / "meta.json").read_text())["diverged"] is True
+    assert (checkpoints / "latest").read_text() == last_good
+    if poisoned == "gradient":
+        assert json.loads((checkpoints / last_good / "meta.json").read_text())["diverged"] is True
+    weights = final_weights(checkpoints)
+    assert weights and all(bool(torch.isfinite(w).all()) for w in weights.values())
     report = json.loads((tmp_path / "nan-progress.json").read_text())
     assert report["phase"] == "Failed" and report["failure"]["reason"] == "NonFiniteLoss"
     assert report["alerts"][-1]["type"] == "NonFiniteLoss" and report["alerts"][-1]["severity"] == "critical"
@@ -214,7 +270,8 @@ def test_bad_inputs_are_permanent(tmp_path, dataset):
     assert train(run_spec(tmp_path), tmp_path / "no-dataset", tmp_path / "a") == 2
     assert train(run_spec(tmp_path, steps=8), dataset, tmp_path / "shape") == 0
     wider = run_spec(tmp_path, model={"hiddenSize": 128})
-    process = subprocess.run(train_command(wider, dataset, tmp_path / "shape"), capture_output=True, text=True)
+    command = train_command(wider, dataset, tmp_path / "shape")
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert process.returncode == 2 and "use a new checkpoint URI" in process.stderr
     mismatched = tmp_path / "mismatched"
     shutil.copytree(dataset, mismatched)
@@ -222,22 +279,41 @@ def test_bad_inputs_are_permanent(tmp_path, dataset):
     manifest["tokenizer"]["vocabSize"] = 100
     (mismatched / "manifest.json").write_text(json.dumps(manifest))
     process = subprocess.run(
-        train_command(run_spec(tmp_path), mismatched, tmp_path / "m"), capture_output=True, text=True
+        train_command(run_spec(tmp_path), mismatched, tmp_path / "m"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert process.returncode == 2 and "shards and manifest come from different runs" in process.stderr
 
 
 @pytest.mark.slow
-def test_example_run_trains_and_the_loss_falls(tmp_path):
-    """examples/run.yaml end to end on one machine: ingest, then the full 300-step TrainingRun."""
-    assert run_ingest("-f", str(ROOT / "examples/run.yaml"), "--output", str(tmp_path / "data")).code == 0
+@pytest.mark.timeout(1800)
+def test_example_run_trains_the_loss_falls_and_its_export_passes(tmp_path):
+    """examples/run.yaml end to end on one machine, every document as written: ingest, the full 300-step
+    TrainingRun, then its ModelExport (the best checkpoint to safetensors and GGUF Q8_0, each proven in
+    its runtime)."""
+    example = ROOT / "examples/run.yaml"
+    assert run_ingest("-f", str(example), "--output", str(tmp_path / "data")).code == 0
     checkpoints = tmp_path / "ckpt"
-    command = train_command(ROOT / "examples/run.yaml", tmp_path / "data", checkpoints)
+    command = train_command(example, tmp_path / "data", checkpoints)
     assert subprocess.run(command, capture_output=True, timeout=900).returncode == 0
     history = losses(checkpoints)
     assert history[10] > 7.0 and history[300] < 5.0  # ln(4096) = 8.3 at the start
     report = json.loads((tmp_path / "ckpt-progress.json").read_text())
     assert report["phase"] == "Succeeded" and report["valLoss"] < 5.5
+
+    require_llama_cpp()  # the GGUF check needs llama.cpp: a skip on a laptop without it, a failure in CI
+    export = export_cli(
+        example, tmp_path / "data", tmp_path / "export", tmp_path / "c", "--checkpoint", f"{checkpoints}"
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+    exported = json.loads((tmp_path / "export" / "export-report.json").read_text())
+    best = json.loads((checkpoints / (checkpoints / "best").read_text() / "meta.json").read_text())
+    assert exported["passed"] and exported["checkpoint"]["step"] == best["step"]
+    kinds = {(a["format"], a["quantization"]) for a in exported["artifacts"]}
+    assert {("safetensors", "none"), ("gguf", "q8_0")} <= kinds
+    assert all(a["validation"]["passed"] for a in exported["artifacts"])
 
 
 def test_checkpoints_on_s3_resume_exactly(tmp_path, dataset, s3_server):
@@ -259,9 +335,10 @@ def test_checkpoints_on_s3_resume_exactly(tmp_path, dataset, s3_server):
 
 
 def test_s3_outage_mid_run_is_retryable_and_the_rerun_resumes_exactly(tmp_path, dataset):
-    """SeaweedFS killed after the first checkpoint: the next save fails, the trainer exits 75 (retryable)
-    saying why, `latest` still names the last complete checkpoint; S3 comes back on the same data and the
-    rerun resumes from it and reproduces an uninterrupted run bit for bit."""
+    """SeaweedFS killed between the first checkpoint and the second: the trainer waits at the start of
+    step 16's save until the server is gone (process reaped, port refusing), so the save cannot race the
+    shutdown. It fails, the trainer exits 75 (retryable) saying why, `latest` still names the last complete
+    checkpoint; S3 comes back on the same data and the rerun reproduces an uninterrupted run bit for bit."""
     weed = Seaweed()
     try:
         server = weed.start()
@@ -269,20 +346,23 @@ def test_s3_outage_mid_run_is_retryable_and_the_rerun_resumes_exactly(tmp_path, 
         spec = run_spec(tmp_path, steps=24)  # checkpoints every 8
         env = {**server.env(), "LLMTRAIN_CACHE_DIR": str(tmp_path / "cache")}
         assert train(spec, dataset, tmp_path / "clean", 1, env=env) == 0
-        remote, outputs = "s3://checkpoints/outage", tmp_path / "s3"
-        process = subprocess.Popen(
-            train_command(spec, dataset, remote, outputs=outputs),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )
-        wait_for_step(outputs, 10)  # past the first checkpoint (step 8)
-        weed.stop()
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 75, err[-3000:]
-        # the save of step 16 failed and says where (a refused connection, or the gateway's 500 meanwhile)
-        assert "s3://checkpoints/outage/step-00000016" in out + err
+        remote, outputs, marker = "s3://checkpoints/outage", tmp_path / "s3", tmp_path / "paused"
+        with (tmp_path / "trainer.log").open("w") as log:  # a file: a full pipe cannot stall the trainer
+            process = subprocess.Popen(
+                train_command(spec, dataset, remote, outputs=outputs),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env, **pause_env("checkpoint-save:16", marker)},
+            )
+        wait_until_paused(process, marker)
+        latest = server.client().get_object(Bucket="checkpoints", Key="outage/latest")["Body"].read()
+        assert latest == b"step-00000008"  # the first checkpoint is complete, the second not begun
+        weed.stop()  # returns once the server is gone and its port refuses connections
+        release(marker)
+        code, output = process.wait(timeout=300), (tmp_path / "trainer.log").read_text()
+        assert code == 75, output[-3000:]
+        # the save of step 16 failed and says where: the server was down before that save began
+        assert "s3://checkpoints/outage/step-00000016" in output
         weed.start()
         latest = server.client().get_object(Bucket="checkpoints", Key="outage/latest")["Body"].read()
         assert latest == b"step-00000008"
@@ -297,7 +377,8 @@ def test_full_disk_is_a_clear_failure_and_keeps_the_last_good_checkpoint(tmp_pat
     saying so, and `latest` still names the first, which loads."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]
+    mounted = subprocess.run(mount, capture_output=True, timeout=30)
     if mounted.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs CAP_SYS_ADMIN)")
     try:
@@ -318,4 +399,5 @@ def test_full_disk_is_a_clear_failure_and_keeps_the_last_good_checkpoint(tmp_pat
         shutil.copytree(checkpoints, tmp_path / "copied")  # converted off the full disk
         assert final_weights(tmp_path / "copied")  # the last good checkpoint loads
     finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=False)  # lazy: a lingering reader cannot pin it
+        # lazy: a lingering reader cannot pin it
+        subprocess.run(["umount", "--lazy", str(disk)], check=False, timeout=30)

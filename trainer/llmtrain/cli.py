@@ -9,20 +9,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__, exitcodes, termination
+from . import __version__, errors, exitcodes, termination
 from .api import DataSource, SpecError, load_resources, select_resource
 
 log = logging.getLogger("llmtrain.cli")
+
+
+def _print_spec_error(exc: SpecError) -> int:
+    """A refused file for a person: where, then each problem on its own line; exit 2."""
+    print(f"error: {exc.source}" if exc.source else "error:", file=sys.stderr)
+    for problem in exc.problems or [str(exc)]:
+        print(f"  {problem}", file=sys.stderr)
+    return exitcodes.BAD_INPUT
 
 
 def _validate(args: argparse.Namespace) -> int:
     try:
         resources = load_resources(args.file)
     except SpecError as exc:
-        print(f"error: {exc.source}" if exc.source else "error:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return exitcodes.BAD_INPUT
+        return _print_spec_error(exc)
     if args.output == "json":
         print(json.dumps([r.to_wire() for r in resources], indent=2))
     else:
@@ -35,20 +40,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def failure_exit_code(exc: BaseException) -> int:
-    """The documented exit code for a failure: permanent (bad input) or retryable."""
-    from . import secrets, storage
-    from .data.formats import BadSpec
-    from .data.pipeline import EmptyCorpus
-    from .data.sources import SourceError
-    from .data.tokenizer import TokenizerError
-
-    if isinstance(exc, (SourceError, storage.StorageError)):
-        return exitcodes.RETRYABLE if exc.retryable else exitcodes.BAD_INPUT
-    if isinstance(exc, (SpecError, EmptyCorpus, TokenizerError, BadSpec, secrets.MissingSecret)):
-        return exitcodes.BAD_INPUT
-    if type(exc).__name__ in ("DataError", "CheckpointError", "OutOfMemory", "ExportError", "ValidationFailed"):
-        return exitcodes.BAD_INPUT
-    return 1
+    """The documented exit code for a failure, read from its type (`llmtrain.errors`)."""
+    return errors.exit_code_for(exc)
 
 
 def _report(result: dict[str, Any], summary: dict[str, Any] | None = None) -> None:
@@ -58,13 +51,17 @@ def _report(result: dict[str, Any], summary: dict[str, Any] | None = None) -> No
 
 
 def _fail(exc: BaseException) -> int:
+    """Report a failure with the exit code of its type; re-raise interruptions that are not failures."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise exc
     code = failure_exit_code(exc)
+    message = errors.describe(exc)
     if code == 1:
-        log.exception("failed")
+        log.error("failed", exc_info=exc)
     else:
-        log.error("failed", extra={"error": str(exc), "exitCode": code})
-        print(f"error: {exc}", file=sys.stderr)
-    _report({"error": str(exc), "exitCode": code})
+        log.error("failed", extra={"error": message, "exitCode": code})
+        print(f"error: {message}", file=sys.stderr)
+    _report({"error": message, "exitCode": code})
     return code
 
 
@@ -99,7 +96,7 @@ def _ingest(args: argparse.Namespace) -> int:
             merge_only=args.merge,
             force=args.force,
         )
-    except Exception as exc:  # SpecError included: _fail maps every failure to its exit code
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException; _fail maps every type
         return _fail(exc)
     _report(report, {k: report[k] for k in ("name", "output", "tokenizer", "stats", "skipped") if k in report})
     return exitcodes.OK
@@ -122,12 +119,12 @@ def _train(args: argparse.Namespace) -> int:
             metrics_dir=Path(args.metrics_dir) if args.metrics_dir else None,
             stop_at_step=args.stop_at_step,
         )
-        if args.max_steps:
+        if args.max_steps is not None:
             run.spec.training.max_steps = args.max_steps
         code = train(run, options)
         termination.write({"exitCode": code, **_TRAIN_EXITS.get(code, {})})
         return code
-    except Exception as exc:  # SpecError included: _fail maps every failure to its exit code
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException; _fail maps every type
         return _fail(exc)
 
 
@@ -160,7 +157,7 @@ def _export(args: argparse.Namespace) -> int:
         if not output:
             raise SpecError([], "no output: set spec.output.uri or pass --output")
         report = export(resource, checkpoint, args.data, output, Path(args.cache), run_model)
-    except Exception as exc:  # SpecError included: _fail maps every failure to its exit code
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException; _fail maps every type
         return _fail(exc)
     summary = {
         "checkpoint": report.get("checkpoint"),
@@ -176,14 +173,32 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         return run(args.file, Path(args.workdir))
-    except SpecError as exc:
-        print(f"error: {exc.source}" if exc.source else "error:", file=sys.stderr)
-        for problem in exc.problems or [str(exc)]:
-            print(f"  {problem}", file=sys.stderr)
-        return exitcodes.BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl-C before the runner's own handler is installed: its code, 130
+        return 130
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException; the taxonomy maps every type
+        return _fail_plainly(exc)
+
+
+def _fail_plainly(exc: BaseException) -> int:
+    """A failure of a command a person runs (run, get): the exit code of its type and one line on stderr
+    (a spec error lists its problems); no JSON report. An unmapped failure (a bug) keeps its traceback."""
+    if isinstance(exc, SpecError):
+        return _print_spec_error(exc)
+    code = failure_exit_code(exc)
+    if code == 1 or isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise exc
+    print(f"error: {errors.describe(exc)}", file=sys.stderr)
+    return code
 
 
 def _get(args: argparse.Namespace) -> int:
+    try:
+        return _show(args)
+    except BaseException as exc:  # an unreadable work directory included
+        return _fail_plainly(exc)
+
+
+def _show(args: argparse.Namespace) -> int:
     import yaml
 
     from .local import table
@@ -216,6 +231,26 @@ def _get(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def _int_at_least(minimum: int, what: str):
+    """An argparse type: an integer no smaller than `minimum` (what it counts names the fix)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}: give {what} (>= {minimum})")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a count of at least one")
+_steps = _int_at_least(1, "the number of optimizer steps")
+_index = _int_at_least(0, "a part index counted from 0")
+
+
 def _resource_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("-f", "--file", required=True, help=f"a YAML/JSON file holding the {kind}, or -")
     parser.add_argument("--name", help=f"which {kind}, when the file holds several")
@@ -245,9 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _resource_arguments(ingest, "DataSource")
     ingest.add_argument("--output", help="output URI or directory (overrides spec.output.uri)")
-    ingest.add_argument("--workers", type=int, help="scan processes on this machine (default: spec.workers)")
-    ingest.add_argument("--shard-index", type=int, help="scan only this part (a pod of an Indexed Job)")
-    ingest.add_argument("--shard-count", type=int, help="number of parts the input is split into")
+    ingest.add_argument("--workers", type=_positive_int, help="scan processes on this machine (default: spec.workers)")
+    ingest.add_argument("--shard-index", type=_index, help="scan only this part (a pod of an Indexed Job)")
+    ingest.add_argument("--shard-count", type=_positive_int, help="number of parts the input is split into")
     ingest.add_argument("--merge", action="store_true", help="merge finished parts: dedup, tokenizer, shards")
     ingest.add_argument("--force", action="store_true", help="redo even if a manifest with this spec exists")
     ingest.add_argument(
@@ -267,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoints", required=True, help="checkpoint URI or directory")
     train.add_argument("--progress", help="where to write the progress report (JSON)")
     train.add_argument("--metrics-dir", help="JSONL metrics and TensorBoard event files")
-    train.add_argument("--max-steps", type=int, help="override spec.training.maxSteps (the schedule follows it)")
+    train.add_argument("--max-steps", type=_steps, help="override spec.training.maxSteps (the schedule follows it)")
     train.add_argument(
-        "--stop-at-step", type=int, help="checkpoint and exit 0 after this step; the schedule still spans maxSteps"
+        "--stop-at-step", type=_steps, help="checkpoint and exit 0 after this step; the schedule still spans maxSteps"
     )
     train.set_defaults(handler=_train)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import BadInput
+
 SECRETS_DIR_ENV = "LLMTRAIN_SECRETS_DIR"
 DEFAULT_SECRETS_DIR = "/var/run/secrets/llmtrain"
 
 
-class MissingSecret(LookupError):
+class MissingSecret(BadInput, LookupError):
     """A referenced Secret key is not mounted."""
 
 

@@ -21,16 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import MaybeRetryable
+
 PVC_ROOT_ENV = "LLMTRAIN_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/llmtrain/pvc"
 
 
-class StorageError(OSError):
+class StorageError(MaybeRetryable, OSError):
     """A storage operation failed; `retryable` says whether trying again may help."""
-
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -183,7 +181,7 @@ def read_bytes(uri: str, client: Any = None) -> bytes:
 
 def exists(uri: str, client: Any = None) -> bool:
     if is_s3(uri):
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split_s3(uri)
         try:
@@ -191,6 +189,8 @@ def exists(uri: str, client: Any = None) -> bool:
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return False
+            raise s3_error(uri, exc) from exc
+        except BotoCoreError as exc:  # the endpoint unreachable: retryable, naming the object
             raise s3_error(uri, exc) from exc
         return True
     return local_path(uri).exists()
@@ -248,10 +248,11 @@ def write_bytes(uri: str, data: bytes, client: Any = None) -> None:
         raise
 
 
-def download_tree(uri: str, target: Path, client: Any = None) -> Path:
+def download_tree(uri: str, target: Path, client: Any = None, reuse: bool = True) -> Path:
     """Copy every file under `uri` into `target`, each atomically. A file already there is kept only if it
     is the same object (size and ETag, recorded in `target/.downloaded.json`): a run recreated under the
-    same name writes same-size objects with other bytes, and those must not be served from the cache."""
+    same name writes same-size objects with other bytes, and those must not be served from the cache.
+    `reuse=False` downloads every file again (a local copy damaged after its download is replaced)."""
     record_path = target / ".downloaded.json"
     try:
         record = json.loads(record_path.read_text())
@@ -259,7 +260,7 @@ def download_tree(uri: str, target: Path, client: Any = None) -> Path:
         record = {}
     for entry in list_files(uri, client=client):
         path = target / entry.relative
-        if path.exists() and path.stat().st_size == entry.size and record.get(entry.relative) == entry.etag:
+        if reuse and path.exists() and path.stat().st_size == entry.size and record.get(entry.relative) == entry.etag:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

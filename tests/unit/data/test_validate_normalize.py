@@ -68,3 +68,33 @@ def test_normalization():
     assert normalize("\ufb01ne  \t Caf\u0065\u0301\x07\r\n\n\n\nEnd  ") == "fine caf\u00e9\n\nend"
     keep = Normalizer(NormalizationSpec(unicode_form="none", strip_control_chars=False))
     assert keep("A\x07  b") == "A\x07  b"
+
+
+def test_prohibited_patterns_run_in_linear_time():
+    """(a+)+$ backtracks exponentially in Python's re on this text; RE2 finishes at once."""
+    spec = ValidationSpec(min_chars=1, prohibited_patterns=["(a+)+$"])
+    assert Filter(spec).reason_to_reject("a" * 50_000 + "b") is None
+    assert Filter(spec).reason_to_reject("b" + "a" * 50_000) == "prohibited_pattern"
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"foo(?=bar)", r"(?<!x)y"])
+def test_patterns_re2_cannot_run_are_refused_at_validation(pattern):
+    from llmtrain.api import SpecError
+    from llmtrain.api.manifests import parse_resource
+
+    resource = {
+        "apiVersion": "llmtrain.dev/v1alpha1",
+        "kind": "DataSource",
+        "metadata": {"name": "c"},
+        "spec": {"sources": [{"local": {"path": "d/*.txt"}}], "validation": {"prohibitedPatterns": ["ok", pattern]}},
+    }
+    with pytest.raises(SpecError) as caught:
+        parse_resource(resource)
+    assert [str(p) for p in caught.value.problems] == [
+        "spec.validation.prohibitedPatterns[1]: " + p.message for p in caught.value.problems
+    ]
+    assert "not a pattern RE2" in caught.value.problems[0].message
+
+
+def test_text_with_a_lone_surrogate_is_undecodable_not_a_crash():
+    assert decode("half a pair: \ud800.").reason == "undecodable"

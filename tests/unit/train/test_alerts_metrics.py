@@ -27,6 +27,7 @@ def test_grad_norm_and_throughput_drop():
     assert all(detector.check_throughput(s, 1000.0) is None for s in range(10))
     assert detector.check_throughput(11, 400.0).type == "ThroughputDrop"
     assert AnomalyDetector(AlertsSpec()).check_grad_norm(1, 1e9) is None  # no gradNormMax, no alert
+    assert AnomalyDetector(AlertsSpec()).check_grad_norm(1, float("nan")).severity == "critical"  # diverged
 
 
 def test_reporter_throttles_but_forces_events(tmp_path):

@@ -105,7 +105,10 @@ class Matches:
 
 @dataclass(frozen=True)
 class IntOrString:
-    """Marks a string field that also accepts an integer (Kubernetes quantities)."""
+    """Marks a string field that also accepts an integer (Kubernetes quantities); `minimum` bounds the
+    integer form in the CRD (a string is checked by its pattern, which the API server applies to strings only)."""
+
+    minimum: int | None = None
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         def to_string(value: Any) -> Any:

@@ -42,14 +42,14 @@ StorageUri = Annotated[
     CelRule(r"!self.matches('(^|/)\\.\\.(/|$)')", "must not contain '..' path segments"),
 ]
 
-#: A Kubernetes resource quantity such as `8`, `500m`, `32Gi`.
+#: A Kubernetes resource quantity such as `8`, `500m`, `32Gi`; never negative (pods refuse negative resources).
 Quantity = Annotated[
     str,
-    IntOrString(),
+    IntOrString(minimum=0),
     MaxLen(64),
     Matches(
-        r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
-        "must be a Kubernetes quantity such as 4, 500m, 16Gi",
+        r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+        "must be a Kubernetes quantity, not negative, such as 4, 500m, 16Gi",
     ),
 ]
 

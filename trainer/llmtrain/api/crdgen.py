@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
-from pydantic import BaseModel, Strict
+from pydantic import AfterValidator, BaseModel, Strict
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -133,12 +133,16 @@ def _apply(schema: dict[str, Any], meta: Any) -> None:
     elif isinstance(meta, IntOrString):
         del schema["type"]
         schema["x-kubernetes-int-or-string"] = True
+        if meta.minimum is not None:
+            schema["minimum"] = meta.minimum
     elif isinstance(meta, ListType):
         schema["x-kubernetes-list-type"] = meta.list_type
         if meta.map_keys:
             schema["x-kubernetes-list-map-keys"] = list(meta.map_keys)
     elif isinstance(meta, Strict):
         pass  # how pydantic parses (a Timestamp from its string); the wire type is already in the schema
+    elif isinstance(meta, AfterValidator):
+        pass  # a check no CRD rule can express (RE2 compiles a pattern): local only, said in the description
     else:
         raise TypeError(f"no CRD schema for constraint {meta!r}")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Ge, Gt, Le, MaxLen, MinLen
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from .base import ApiModel, CelRule, Matches
+from .base import ApiModel, CelRule, Matches, rule_error
 from .common import (
     Conditions,
     Failure,
@@ -137,6 +137,32 @@ class Source(ApiModel):
     )
 
 
+def compile_pattern(pattern: str) -> Any:
+    """`pattern` compiled by RE2, which matches in time linear in the text (no backtracking); raises
+    `re2.error` for what RE2 cannot run (backreferences, lookaround)."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(pattern, options)
+
+
+def _linear_time_pattern(pattern: str) -> str:
+    """Refuse at validation a pattern ingest could not run; the API server cannot check this."""
+    try:
+        compile_pattern(pattern)
+    except Exception as exc:  # re2.error
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise rule_error(
+            f"not a pattern RE2 (the linear-time engine ingest uses) accepts: {detail}; backreferences and"
+            " lookaround are not supported"
+        ) from None
+    return pattern
+
+
+ProhibitedPattern = Annotated[str, MinLen(1), MaxLen(1024), AfterValidator(_linear_time_pattern)]
+
+
 class ValidationSpec(ApiModel):
     """Document filters; every rejection is counted by reason in status.stats.rejected."""
 
@@ -151,8 +177,11 @@ class ValidationSpec(ApiModel):
         description="Lowest heuristic quality score kept (0-1: symbol ratio, repetition, word length, alphabetic"
         " fraction); 0 keeps all.",
     )
-    prohibited_patterns: Annotated[list[Annotated[str, MinLen(1), MaxLen(1024)]], MaxLen(256)] = Field(
-        default_factory=list, description="Regular expressions; a document matching any is rejected."
+    prohibited_patterns: Annotated[list[ProhibitedPattern], MaxLen(256)] = Field(
+        default_factory=list,
+        description="Regular expressions in RE2 syntax (no backreferences or lookaround), matched in linear time;"
+        " a document matching any is rejected. `llmtrain validate` and ingest refuse a pattern RE2 cannot"
+        " compile; the API server does not check this.",
     )
 
 

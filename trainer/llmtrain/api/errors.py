@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..errors import BadInput
 from .base import RULE_ERROR
 
 
@@ -24,7 +25,7 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class SpecError(ValueError):
+class SpecError(BadInput, ValueError):
     """A resource that cannot be accepted; `problems` lists every field at fault."""
 
     def __init__(self, problems: list[Problem], source: str = "") -> None:

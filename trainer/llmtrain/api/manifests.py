@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from pydantic import ValidationError
 
 from .common import GROUP
 from .datasource import DataSource
+from .decoding import MAX_FILE_BYTES, Refused, check_object_size, decode_documents
 from .errors import Problem, SpecError
 from .modelexport import ModelExport
 from .resource import Resource
@@ -22,37 +22,52 @@ _KINDS: dict[str, type[Resource]] = {k.KIND: k for k in (DataSource, TrainingRun
 R = TypeVar("R", bound=Resource)
 
 
-class KubeYamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading numbers as kubectl sends them: `3e-4` is a number (YAML 1.1 wants
-    `3.0e-4`), and a whole float is an integer (`2.0` reaches the API server as JSON `2`)."""
-
-    def construct_yaml_float(self, node: yaml.Node) -> float | int:
-        value = super().construct_yaml_float(node)
-        return int(value) if value.is_integer() and abs(value) < 2**53 else value
-
-
-KubeYamlLoader.add_constructor("tag:yaml.org,2002:float", KubeYamlLoader.construct_yaml_float)
-KubeYamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
 def read_documents(path: str | Path) -> list[dict[str, Any]]:
-    """Every mapping in a YAML/JSON file (`-` reads stdin); `kind: List` items are flattened."""
+    """Every mapping in a YAML/JSON file (`-` reads stdin); `kind: List` items are flattened.
+
+    The file is read as the API server would take it (`decoding`): bounded in size, depth and alias
+    expansion, with no duplicate keys, non-finite numbers or object over 1.5 MiB."""
     source = "<stdin>" if str(path) == "-" else str(path)
+    text = _read_text(path, source)
     try:
-        text = sys.stdin.read() if source == "<stdin>" else Path(path).read_text(encoding="utf-8")
+        documents = decode_documents(text)
+    except Refused as exc:
+        raise SpecError([Problem("", str(exc))], source) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([Problem("", f"is not valid YAML: {' '.join(str(exc).split())}")], source) from None
+    flat = list(_flatten(documents, source))
+    for index, document in enumerate(flat):
+        try:
+            check_object_size(document)
+        except Refused as exc:
+            raise SpecError([Problem(_describe(document, index), str(exc))], source) from None
+    return flat
+
+
+def _read_text(path: str | Path, source: str) -> str:
+    """The file's text, read up to MAX_FILE_BYTES (a device or a pipe without end is refused there)."""
+    try:
+        if source == "<stdin>":
+            stream = getattr(sys.stdin, "buffer", None)
+            data = stream.read(MAX_FILE_BYTES + 1) if stream else sys.stdin.read(MAX_FILE_BYTES + 1).encode()
+        else:
+            with open(path, "rb") as file:
+                data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise SpecError([Problem("", f"cannot read the file: {exc.strerror}")], source) from exc
+    if len(data) > MAX_FILE_BYTES:
+        limit = f"{MAX_FILE_BYTES // 1024**2} MiB"
+        raise SpecError([Problem("", f"is larger than {limit}; a run file holds a few resources: split it")], source)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError([Problem("", "is not UTF-8 text")], source) from exc
-    try:
-        documents = [d for d in yaml.load_all(text, Loader=KubeYamlLoader) if d is not None]
-    except yaml.YAMLError as exc:
-        raise SpecError([Problem("", f"is not valid YAML: {exc}")], source) from exc
-    return list(_flatten(documents, source))
+
+
+def _describe(document: dict[str, Any], index: int) -> str:
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return f"{document.get('kind')}/{name}" if name else f"document {index}"
 
 
 def _flatten(documents: list[Any], source: str) -> Iterator[dict[str, Any]]:
@@ -87,10 +102,14 @@ def parse_resource(document: dict[str, Any], source: str = "") -> Resource:
 
 def load_resources(path: str | Path) -> list[Resource]:
     """Every llmtrain resource in a file, validated; errors of all documents are reported together."""
-    source = "<stdin>" if str(path) == "-" else str(path)
+    return parse_resources(read_documents(path), "<stdin>" if str(path) == "-" else str(path))
+
+
+def parse_resources(documents: list[dict[str, Any]], source: str) -> list[Resource]:
+    """Every llmtrain resource among documents already read (`read_documents`), validated together."""
     resources: list[Resource] = []
     problems: list[Problem] = []
-    for doc in read_documents(path):
+    for doc in documents:
         if not is_llmtrain(doc):
             continue
         try:

@@ -128,7 +128,7 @@ class Reconciler:
         if plan.status == old:
             return False
         now = time.monotonic()
-        recent = now - self._written.get(key, 0.0) < self.ctx.status_interval
+        recent = now - self._written.get(key, float("-inf")) < self.ctx.status_interval
         if not force and recent and progress_only(old, plan.status):
             with self._guard:  # written later by `due()`'s caller, so the last report is never lost
                 self._deferred[key] = self._written[key] + self.ctx.status_interval

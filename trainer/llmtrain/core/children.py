@@ -138,7 +138,9 @@ def datasource(body: dict[str, Any], source: DataSource, ctx: Context, merge: bo
     image = source.spec.image
 
     def ingest_job(name: str, args: list[str], completions: int, env_extra: list[dict[str, Any]]) -> dict:
-        container = pods.container("ingest", ctx, image, ["llmtrain"], args, pods.env(ctx) + env_extra, mounts, amounts)
+        container = pods.container(
+            "ingest", ctx, image, ["llmtrain"], args, pods.env(ctx, pods.ingest_env(ctx)) + env_extra, mounts, amounts
+        )
         spec = pods.pod_spec([container], vols, grace_seconds=60)
         return job(
             body,

@@ -27,3 +27,9 @@ class Context:
     status_interval: float = 10.0
     #: Extra labels on every child.
     labels: dict[str, str] = field(default_factory=dict)
+    #: CIDRs HTTP sources may not reach / may reach after all (`llmtrain.netpolicy`); None: the
+    #: workload's own default (the local runner's, which allows loopback and private networks).
+    http_denied_cidrs: tuple[str, ...] | None = None
+    http_allowed_cidrs: tuple[str, ...] = ()
+    #: Seconds one network input may take to read; None: the workload's default.
+    read_deadline_seconds: float | None = None

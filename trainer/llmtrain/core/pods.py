@@ -52,6 +52,18 @@ def env(ctx: Context, extra: dict[str, str] | None = None) -> list[dict[str, Any
     return out
 
 
+def ingest_env(ctx: Context) -> dict[str, str]:
+    """The operator's limits on what ingest sources may reach and how long a read may take."""
+    values = {}
+    if ctx.http_denied_cidrs is not None:
+        values["LLMTRAIN_HTTP_DENIED_CIDRS"] = ",".join(ctx.http_denied_cidrs)
+    if ctx.http_allowed_cidrs:
+        values["LLMTRAIN_HTTP_ALLOWED_CIDRS"] = ",".join(ctx.http_allowed_cidrs)
+    if ctx.read_deadline_seconds is not None:
+        values["LLMTRAIN_READ_DEADLINE_SECONDS"] = f"{ctx.read_deadline_seconds:g}"
+    return values
+
+
 def resources(cpu: str | None, memory: str | None, extended: dict[str, int] | None = None) -> dict[str, Any]:
     """Requests equal to limits (Guaranteed QoS when both are set); accelerators as limits."""
     amounts: dict[str, Any] = {}

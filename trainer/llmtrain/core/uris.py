@@ -6,10 +6,11 @@ import posixpath
 from collections.abc import Iterable
 
 from ..api import DataSource, ModelExport, TrainingRun
+from ..errors import BadInput
 from .context import Context
 
 
-class PlacementError(ValueError):
+class PlacementError(BadInput, ValueError):
     """A spec that cannot run where it was applied (a local path in a cluster); names the field."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -7,32 +7,43 @@ tokenizer, shards, manifest).
 - `merge` loads every part's hashes and signatures, removes exact and near duplicates (`dedup/`),
   trains the tokenizer on a hash-sampled subset of the train split, encodes the kept documents in
   batches and writes shards. The old manifest is deleted before the first shard is written and the
-  new one is written last, so a manifest never points at partial data.
+  new one is written last, so a manifest never points at partial data. Afterwards only the shards and
+  tokenizer files the previous manifest listed (and the new one does not) are deleted, never through a
+  symbolic link.
+- Writing an output (a whole ingest, or a merge) holds its lock (`locking.py`): a second writer exits
+  75 naming the holder. Scan pods of an Indexed Job write disjoint parts and take no lock.
 The kept set is the same for any number of workers; shard bytes are identical for the same input and
 worker count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
+import os
 import queue
+import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import logs, storage
+from .. import locking, logs, storage
 from ..api.datasource import DataSource, DataSourceSpec
+from ..errors import BadInput, MaybeRetryable, Retryable
+from ..pausepoints import pause_point
 from . import parts, tokenizer
 from .dedup.exact import content_hash, first_occurrences
 from .dedup.lsh import near_duplicates
@@ -50,10 +61,22 @@ MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 PREFETCH_DOCUMENTS = 256
 ENCODE_BATCH_BYTES = 4 << 20
+#: the rejection reason of a document that made a cleaning stage raise
+MALFORMED = "malformed"
 
 
-class EmptyCorpus(ValueError):
+class EmptyCorpus(BadInput, ValueError):
     """No document survived: bad input, with the counts that explain why."""
+
+
+class LinkedOutput(BadInput):
+    """A directory ingest writes into is a symbolic link: it would write (and delete) elsewhere."""
+
+
+#: What ingest writes below an output; nothing else there is ever deleted.
+OUTPUT_ENTRIES = ("train", "validation", "tokenizer", ".work", MANIFEST, locking.LOCK_NAME)
+_SHARD_PATH = re.compile(r"(train|validation)/shard-[0-9]{5,}\.bin")
+_TOKENIZER_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def spec_hash(spec: DataSourceSpec) -> str:
@@ -85,15 +108,84 @@ def _prefetch(items: Iterator[Any], size: int) -> Iterator[Any]:
         yield item
 
 
-def _documents(spec: DataSourceSpec, inputs: list[InputRef], stats: Stats) -> Iterator[Raw | Rejected]:
+def _documents(spec: DataSourceSpec, inputs: list[InputRef], stats: Stats) -> Iterator[tuple[str, Raw | Rejected]]:
+    """(input name, document) of every input in turn; an input that cannot be read on is counted."""
     limit = spec.validation.max_chars * 4
     for ref in inputs:
         stats.inputs += 1
         try:
-            yield from read_input(ref, spec, limit)
+            for item in read_input(ref, spec, limit):
+                yield ref.uri, item
         except InputError as exc:
             stats.rejected[exc.reason] += 1
             log.warning("input skipped", extra={"input": ref.uri, "reason": exc.reason, "detail": str(exc)})
+
+
+@dataclass
+class _Cleaned:
+    """A kept document, ready for the part."""
+
+    text: str
+    content_hash: tuple[int, int]
+    signature: np.ndarray | None
+    shingles: np.ndarray | None
+
+
+def _stops_the_run(exc: Exception) -> bool:
+    """Whether an error stops the whole run rather than one document: a transient failure, storage,
+    memory."""
+    if isinstance(exc, (Retryable, storage.StorageError, MemoryError)):
+        return True
+    return (isinstance(exc, MaybeRetryable) and exc.retryable) or type(exc).__name__ == "OutOfMemoryError"
+
+
+class _Cleaner:
+    """Decodes, repairs, normalizes, filters and hashes one document at a time. A document that makes
+    a stage raise is a counted `malformed` rejection, logged once per exception type with the input's
+    name (never its text); errors that stop the run (`_stops_the_run`) propagate."""
+
+    def __init__(self, spec: DataSourceSpec, stats: Stats) -> None:
+        self.stats = stats
+        self.normalize, self.keep = Normalizer(spec.normalization), Filter(spec.validation)
+        minhash = spec.dedup.minhash
+        self.hasher = MinHasher(minhash.num_perm, minhash.ngram, minhash.seed) if minhash.enabled else None
+        self._logged: set[str] = set()
+
+    def __call__(self, content: bytes | str, name: str) -> _Cleaned | None:
+        """The cleaned document, or None when it is rejected (and counted)."""
+        try:
+            outcome = self._clean(content)
+        except Exception as exc:
+            if _stops_the_run(exc):
+                raise
+            self._log_malformed(exc, name)
+            outcome = MALFORMED
+        if isinstance(outcome, str):
+            self.stats.rejected[outcome] += 1
+            return None
+        return outcome
+
+    def _clean(self, content: bytes | str) -> _Cleaned | str:
+        """The cleaned document, or the reason it is rejected."""
+        decoded = decode(content)
+        if decoded.text is None:
+            return decoded.reason or "undecodable"
+        self.stats.repaired += decoded.repaired
+        text = self.normalize(decoded.text)
+        reason = self.keep.reason_to_reject(text)
+        if reason:
+            return reason
+        signature, shingles = self.hasher.signature_and_shingles(text) if self.hasher else (None, None)
+        return _Cleaned(text, content_hash(text), signature, shingles)
+
+    def _log_malformed(self, exc: Exception, name: str) -> None:
+        kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.warning(
+                "document rejected as malformed (further ones with this error are only counted)",
+                extra={"input": name, "reason": MALFORMED, "error": kind},
+            )
 
 
 def scan_part(spec_wire: dict[str, Any], inputs: list[InputRef], uri: str, base_dir: str) -> dict[str, Any]:
@@ -102,33 +194,22 @@ def scan_part(spec_wire: dict[str, Any], inputs: list[InputRef], uri: str, base_
     spec = DataSourceSpec.model_validate(spec_wire)
     started = time.monotonic()
     stats = Stats()
-    normalize, keep = Normalizer(spec.normalization), Filter(spec.validation)
-    minhash = spec.dedup.minhash
-    hasher = MinHasher(minhash.num_perm, minhash.ngram, minhash.seed) if minhash.enabled else None
+    clean = _Cleaner(spec, stats)
     with tempfile.TemporaryDirectory(prefix="llmtrain-part-") as staging:
         writer = parts.PartWriter(Path(staging))
         progress = logs.Progress(f"scan {uri.rsplit('/', 1)[-1]}")
-        for item in _prefetch(_documents(spec, inputs, stats), PREFETCH_DOCUMENTS):
+        for name, item in _prefetch(_documents(spec, inputs, stats), PREFETCH_DOCUMENTS):
             stats.documents_in += 1
             progress.advance()
             if isinstance(item, Rejected):
                 stats.rejected[item.reason] += 1
                 continue
             content = item.content
-            stats.bytes_in += len(content) if isinstance(content, bytes) else len(content.encode("utf-8"))
-            decoded = decode(content)
-            if decoded.text is None:
-                stats.rejected[decoded.reason or "undecodable"] += 1
-                continue
-            stats.repaired += decoded.repaired
-            text = normalize(decoded.text)
-            reason = keep.reason_to_reject(text)
-            if reason:
-                stats.rejected[reason] += 1
-                continue
-            stats.documents_valid += 1
-            signature, shingles = hasher.signature_and_shingles(text) if hasher else (None, None)
-            writer.add(text, content_hash(text), signature, shingles)
+            stats.bytes_in += len(content) if isinstance(content, bytes) else len(content.encode("utf-8", "replace"))
+            cleaned = clean(content, name)
+            if cleaned is not None:
+                stats.documents_valid += 1
+                writer.add(cleaned.text, cleaned.content_hash, cleaned.signature, cleaned.shingles)
         progress.close()
         stats.seconds["scan"] = time.monotonic() - started
         record = {**stats.scan_json(), "specHash": spec_hash(spec)}
@@ -202,19 +283,29 @@ def _batches(documents: Iterable[tuple[int, str]], max_bytes: int) -> Iterator[l
         yield batch
 
 
-def merge(resource: DataSource, output: str, part_uris: list[str], stats: Stats) -> dict[str, Any]:
-    """Dedup, tokenizer, shards and the manifest (written last); returns the manifest."""
+def merge(
+    resource: DataSource, output: str, part_uris: list[str], stats: Stats, lock: locking.OutputLock | None = None
+) -> dict[str, Any]:
+    """Dedup, tokenizer, shards and the manifest (written last, while `lock` is still held)."""
+    pause_point("ingest-merge")  # the scan parts written, the shards not yet
     for uri in part_uris:
         if not parts.is_done(uri):
             raise storage.StorageError(f"{uri}: part not finished; scan it first", retryable=True)
     work = Path(tempfile.mkdtemp(prefix="llmtrain-merge-"))
     try:
-        return _merge(resource, output, part_uris, stats, work)
+        return _merge(resource, output, part_uris, stats, work, lock)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _merge(resource: DataSource, output: str, part_uris: list[str], stats: Stats, work: Path) -> dict[str, Any]:
+def _merge(
+    resource: DataSource,
+    output: str,
+    part_uris: list[str],
+    stats: Stats,
+    work: Path,
+    lock: locking.OutputLock | None,
+) -> dict[str, Any]:
     spec = resource.spec
     readers = [parts.PartReader(uri, work) for uri in part_uris]
     for reader in readers:
@@ -229,14 +320,18 @@ def _merge(resource: DataSource, output: str, part_uris: list[str], stats: Stats
     trained = tokenizer.train(spec.tokenizer, (text for _, text in _select(readers, sample)))
     stats.seconds["tokenizer"] = time.monotonic() - started
 
+    previous = _previous_manifest(output)
     storage.delete(storage.join(output, MANIFEST))  # from here on the old shards are being replaced
     trained.save(work / "tokenizer")
     for name in trained.files():
         storage.upload_file(work / "tokenizer" / name, storage.join(output, "tokenizer", name))
     writers = _write_shards(spec, output, readers, keep, validation, trained, stats, work)
     manifest = _manifest(resource, trained, writers, stats)
+    pause_point("ingest-manifest")  # shards written, the manifest not yet
+    if lock is not None:
+        lock.check()
     storage.write_bytes(storage.join(output, MANIFEST), json.dumps(manifest, indent=2).encode())
-    _remove_stale(output, manifest)
+    _remove_stale(output, previous, manifest)
     return manifest
 
 
@@ -337,14 +432,74 @@ def _manifest(
     }
 
 
-def _remove_stale(output: str, manifest: dict[str, Any]) -> None:
-    """After the manifest is in place: drop the scan parts and shards of earlier runs."""
-    listed = {s["path"] for split in manifest["splits"].values() for s in split["shards"]}
-    for split in ("train", "validation"):
-        for entry in storage.list_files(storage.join(output, split)):
-            if f"{split}/{entry.relative}" not in listed:
-                storage.delete(entry.uri)
-    storage.delete_tree(storage.join(output, ".work"))
+def _previous_manifest(output: str) -> dict[str, Any]:
+    """The manifest being replaced ({} when there is none or it is unreadable): what may be deleted."""
+    try:
+        previous = read_manifest(output)
+    except ValueError:
+        return {}
+    return previous if isinstance(previous, dict) else {}
+
+
+def _written_files(manifest: dict[str, Any]) -> set[str]:
+    """The shard and tokenizer paths a manifest lists, as ingest names them (anything else is ignored)."""
+    paths: set[str] = set()
+    with contextlib.suppress(AttributeError, KeyError, TypeError):
+        for split in manifest.get("splits", {}).values():
+            paths |= {s["path"] for s in split["shards"] if isinstance(s.get("path"), str)}
+    with contextlib.suppress(AttributeError, KeyError, TypeError):
+        files = manifest.get("tokenizer", {}).get("files", [])
+        paths |= {f"tokenizer/{n}" for n in files if isinstance(n, str) and _TOKENIZER_FILE.fullmatch(n)}
+    return {p for p in paths if _SHARD_PATH.fullmatch(p) or p.startswith("tokenizer/")}
+
+
+def _remove_stale(output: str, previous: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """After the manifest is in place: drop the scan parts, and the files the previous manifest listed
+    that the new one does not. Nothing else is deleted, and nothing through a symbolic link."""
+    for path in sorted(_written_files(previous) - _written_files(manifest)):
+        if storage.is_s3(output) or _is_plain_file_below(storage.local_path(output), path):
+            storage.delete(storage.join(output, path))
+    work = storage.join(output, ".work")
+    if storage.is_s3(output) or not storage.local_path(work).is_symlink():
+        storage.delete_tree(work)
+
+
+def _is_plain_file_below(root: Path, relative: str) -> bool:
+    """`root/relative` is a regular file reached without following a link below `root`."""
+    path, mode = root, 0
+    for part in relative.split("/"):
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return False
+        if stat.S_ISLNK(mode):
+            return False
+    return stat.S_ISREG(mode)
+
+
+def _refuse_linked_output(output: str) -> None:
+    """A local output's own entries must not be links: ingest would write and delete through them."""
+    if storage.is_s3(output):
+        return
+    root = storage.local_path(output)
+    for name in OUTPUT_ENTRIES:
+        if (root / name).is_symlink():
+            raise LinkedOutput(
+                f"{root / name} is a symbolic link; ingest writes and deletes its own files below {root} only:"
+                " remove the link or choose another output (spec.output.uri or --output)"
+            )
+
+
+def _current_manifest(output: str, spec: DataSourceSpec) -> dict[str, Any] | None:
+    """The manifest in place when it was written for this very spec."""
+    existing = read_manifest(output)
+    return existing if existing and existing.get("specHash") == spec_hash(spec) else None
+
+
+def _skipped(resource: DataSource, output: str, existing: dict[str, Any]) -> dict[str, Any]:
+    logs.audit("IngestSkipped", resource=resource.name, reason="manifest with this spec hash exists")
+    return {"name": resource.name, "output": output, "skipped": True, "stats": existing["stats"]}
 
 
 def read_manifest(output: str) -> dict[str, Any] | None:
@@ -367,24 +522,25 @@ def ingest(
     """Run the whole ingest, one scan part, or the merge; returns the report printed on stdout."""
     started = time.monotonic()
     spec = resource.spec
-    if not force and shard_index is None:
-        existing = read_manifest(output)
-        if existing and existing.get("specHash") == spec_hash(spec):
-            logs.audit("IngestSkipped", resource=resource.name, reason="manifest with this spec hash exists")
-            return {"name": resource.name, "output": output, "skipped": True, "stats": existing["stats"]}
+    if not force and shard_index is None and (existing := _current_manifest(output, spec)):
+        return _skipped(resource, output, existing)
+    _refuse_linked_output(output)
     logs.audit("IngestStarted", resource=resource.name, output=output)
     if shard_index is not None:
         uri = scan(resource, output, base_dir, 1, shard_index, shard_count)[shard_index]
         record = json.loads(storage.read_bytes(storage.join(uri, "stats.json")))
         return {"name": resource.name, "part": uri, "stats": record}
-    count = shard_count or workers
-    uris = (
-        [parts.part_uri(output, i, count) for i in range(count)]
-        if merge_only
-        else scan(resource, output, base_dir, workers, None, count)
-    )
-    stats = Stats()
-    manifest = merge(resource, output, uris, stats)
+    with locking.held(output) as lock:
+        if not force and (existing := _current_manifest(output, spec)):  # a writer just before us did it
+            return _skipped(resource, output, existing)
+        count = shard_count or workers
+        uris = (
+            [parts.part_uri(output, i, count) for i in range(count)]
+            if merge_only
+            else scan(resource, output, base_dir, workers, None, count)
+        )
+        stats = Stats()
+        manifest = merge(resource, output, uris, stats, lock)
     stats.seconds["total"] = time.monotonic() - started
     report = {
         "name": resource.name,

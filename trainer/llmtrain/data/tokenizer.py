@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..api.datasource import TokenizerSpec
+from ..errors import BadInput
 
 META_FILE = "tokenizer_meta.json"
 SPECIAL_ORDER = ("bos", "eos", "pad", "unk")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(BadInput, ValueError):
     """The tokenizer cannot be trained as specified (bad input, permanent)."""
 
 

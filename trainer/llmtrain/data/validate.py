@@ -14,7 +14,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from ..api.datasource import ValidationSpec
+from ..api.datasource import ValidationSpec, compile_pattern
+from .formats import encodable, text_encoding_of
 
 
 @dataclass
@@ -25,9 +26,16 @@ class Decoded:
 
 
 def decode(raw: bytes | str) -> Decoded:
-    """Text from bytes: UTF-8 (BOM allowed), else the detected encoding; mojibake repaired."""
+    """Text from bytes: UTF-16/32 by BOM (or NUL pattern), UTF-8 (BOM allowed), else the detected
+    encoding; mojibake repaired. Text that is not valid Unicode (a lone surrogate) is undecodable."""
     if isinstance(raw, str):
-        return _repair(raw, repaired=False)
+        return _repair(raw, repaired=False) if encodable(raw) else Decoded(None, "undecodable")
+    wide = text_encoding_of(raw[:4096])
+    if wide is not None:
+        try:
+            return _repair(raw.decode(wide), repaired=False)
+        except UnicodeDecodeError:
+            return Decoded(None, "undecodable")
     if raw.count(b"\x00") > max(1, len(raw) // 1000):
         return Decoded(None, "binary")
     try:
@@ -99,7 +107,7 @@ class Filter:
 
     def __init__(self, spec: ValidationSpec) -> None:
         self.spec = spec
-        self.patterns = [re.compile(p) for p in spec.prohibited_patterns]
+        self.patterns = [compile_pattern(p) for p in spec.prohibited_patterns]  # RE2: linear time
 
     def reason_to_reject(self, text: str) -> str | None:
         """None when the document passes; else the counted reason."""

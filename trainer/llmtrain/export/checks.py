@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..model.llama import Llama
-from .checkpoint import greedy
+from .checkpoint import ExportError, greedy
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
@@ -46,3 +46,24 @@ def verdict(
     if reasons:
         result["message"] = "; ".join(reasons)
     return result
+
+
+#: A probe text every tokenizer of an English corpus encodes and decodes back (whitespace and case aside).
+PROBE = "The king and the queen speak of love and war, and of the night."
+
+
+def check_tokenizer(tokenizer: Any, vocab_size: int, where: str) -> None:
+    """The dataset's tokenizer fits the model: as many ids as embedding rows, and a probe text's ids are
+    all below that and decode back to the text. A tokenizer swapped for another vocabulary is refused."""
+    fix = "the dataset's tokenizer was replaced or is another DataSource's: --data must be the run's DataSource"
+    if tokenizer.vocab_size != vocab_size:
+        raise ExportError(f"{where}: the tokenizer has {tokenizer.vocab_size} ids, the model {vocab_size}; {fix}")
+    ids = tokenizer.encode_batch([PROBE])[0]
+    if not ids or min(ids) < 0 or max(ids) >= vocab_size:
+        raise ExportError(f"{where}: the tokenizer gives ids outside the model's 0..{vocab_size - 1}; {fix}")
+    if _squash(tokenizer.decode(ids)) != _squash(PROBE):
+        raise ExportError(f"{where}: the tokenizer does not decode its own ids back to the probe text; {fix}")
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split()).casefold()

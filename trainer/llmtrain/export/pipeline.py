@@ -18,11 +18,13 @@ from .. import logs, storage
 from ..api.modelexport import ModelExport
 from ..api.trainingrun import ModelSpec
 from ..data import tokenizer as tokenizers
+from ..errors import BadInput
 from ..model.llama import LlamaConfig
 from ..train.loader import Dataset
 from . import gguf, hf, onnx, torchscript
 from .artifacts import Artifact
 from .checkpoint import ExportError, check_spec, load, resolve
+from .checks import check_tokenizer
 
 REPORT = "export-report.json"
 BUILT = ("safetensors", "torchscript", "onnx", "gguf")
@@ -30,7 +32,7 @@ BUILT = ("safetensors", "torchscript", "onnx", "gguf")
 GGUF_TYPES = {"int8": "q8_0", "q8_0": "q8_0", "int4": "q4_0", "q4_0": "q4_0"}
 
 
-class ValidationFailed(Exception):
+class ValidationFailed(BadInput):
     """An artifact failed its deployment check (permanent: the same checkpoint fails the same way)."""
 
 
@@ -65,6 +67,7 @@ def export(
     found = resolve(checkpoint_uri, spec.checkpoint, spec.step)
     logs.audit("ExportStarted", export=resource.name, checkpoint=found.uri, step=found.step)
     dataset = Dataset.open(storage.local_dataset(data, cache))  # an s3:// dataset is copied to the cache
+    dataset.verify_shards()
     model = load(found, cache)
     if model.config.vocab_size != dataset.vocab_size:
         raise ExportError(
@@ -74,6 +77,7 @@ def export(
     check_spec(model, LlamaConfig.from_spec(run_model, dataset.vocab_size) if run_model else None)
     tokenizer_dir = dataset.root / dataset.manifest["tokenizer"]["path"]
     training_tokenizer = tokenizers.load(tokenizer_dir)
+    check_tokenizer(training_tokenizer, model.config.vocab_size, str(tokenizer_dir))
     prompts = _prompts(dataset, model.config.max_seq_len)
     corpus = _corpus(dataset, training_tokenizer)
     limits = spec.validate_

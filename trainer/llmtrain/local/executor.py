@@ -38,6 +38,8 @@ from ..core.diagnosis import INDEX_ANNOTATION
 
 log = logging.getLogger("llmtrain.executor")
 TERMINATION_LIMIT = 4096
+#: Set in every pod process's environment to the pod's uid: how the executor finds all of a pod's processes.
+CONTAINER_ENV = "LLMTRAIN_LOCAL_POD_UID"
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -400,6 +402,7 @@ class Executor:
                     _secret_data(self.store, meta["namespace"], ref["name"]).get(ref["key"], b"").decode()
                 )
         env["HOSTNAME"] = pod["spec"].get("hostname", meta["name"])
+        env[CONTAINER_ENV] = meta["uid"]  # marks every process of this pod, as a container's cgroup would
         if "LLMTRAIN_MASTER_ADDR" in env:
             env["LLMTRAIN_MASTER_ADDR"] = "127.0.0.1"
             env["LLMTRAIN_MASTER_PORT"] = str(self._ports.setdefault(job["metadata"]["uid"], free_port()))
@@ -428,9 +431,9 @@ class Executor:
                     self._write_running(process)
                 if code is None:
                     if process.stop_requested is not None and time.monotonic() - process.stop_requested > process.grace:
-                        _kill_group(process.popen)
+                        _kill_container(process)
                     continue
-                _kill_group(process.popen)  # whatever the container's main process left behind
+                _kill_container(process)  # whatever the container's main process left behind
                 process.exit_code = code if code >= 0 else 128 - code
                 if process.exit_code != 0:  # the replacement rendezvous on a fresh port: the dead one's
                     job_uid = process.pod["metadata"]["labels"].get("batch.kubernetes.io/controller-uid")
@@ -496,9 +499,30 @@ class Executor:
         self.store.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], status)
 
 
-def _kill_group(popen: subprocess.Popen) -> None:
+def _kill_container(process: Process) -> None:
+    """SIGKILL every process of the pod, as a container runtime kills its cgroup: the main process's group
+    and every process carrying the pod's mark, wherever it was reparented (torchrun starts each worker in
+    a session of its own, so a worker outlives its group and would train on beside its replacement)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, signal.SIGKILL)
+        os.killpg(process.popen.pid, signal.SIGKILL)
+    for pid in _marked_processes(f"{CONTAINER_ENV}={process.pod['metadata']['uid']}".encode()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _marked_processes(mark: bytes) -> list[int]:
+    """Processes whose environment holds `mark` (an entry of /proc/PID/environ)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours
+            continue
+        if mark in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
 
 
 def _translate(value: str, paths: dict[str, str]) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..control.store import Conflict, NotFound
+from ..errors import BadInput
 
 
 def _now() -> str:
@@ -40,6 +41,26 @@ def _matches(obj: dict[str, Any], labels: dict[str, str] | None) -> bool:
     return all(have.get(k) == v for k, v in (labels or {}).items())
 
 
+class UnreadableState(BadInput):
+    """A state file of the work directory that is not an object this store wrote (exit 2)."""
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """One stored object, checked enough that loading the store cannot fail later on its shape."""
+    try:
+        obj = json.loads(path.read_text())
+        meta = obj["metadata"]
+        if not (isinstance(obj["kind"], str) and isinstance(meta["name"], str) and isinstance(meta["namespace"], str)):
+            raise TypeError("kind, metadata.name and metadata.namespace must be strings")
+        int(meta.get("resourceVersion", "0"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UnreadableState(
+            f"{path}: not a state file of llmtrain run ({type(exc).__name__}: {exc}); move it away, or use"
+            " another --workdir"
+        ) from None
+    return obj
+
+
 class FileStore:
     def __init__(self, workdir: Path) -> None:
         self.root = Path(workdir)
@@ -49,7 +70,7 @@ class FileStore:
         self._version = 0
         self.events: list[dict[str, Any]] = []
         for path in sorted(self.state.glob("*/*/*.json")):
-            obj = json.loads(path.read_text())
+            obj = _load(path)
             meta = obj["metadata"]
             self._objects[(obj["kind"], meta["namespace"], meta["name"])] = obj
             self._version = max(self._version, int(meta.get("resourceVersion", "0")))

@@ -13,11 +13,12 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..api import SpecError, load_resources
-from ..api.manifests import read_documents
+from ..api import SpecError
+from ..api.manifests import parse_resources, read_documents
 from ..control import Reconciler
 from ..core import Context
 from ..core.reconcile import TERMINAL
+from ..errors import BadInput
 from . import table
 from .executor import Executor
 from .filestore import FileStore
@@ -27,10 +28,12 @@ NAMESPACE = "default"
 BLOCKED = ("TrainingRunFailed", "DataSourceFailed")
 
 
-def apply(store: FileStore, path: str | Path, namespace: str = NAMESPACE) -> list[tuple[str, str]]:
-    """`kubectl apply` for a run file: Secrets and llmtrain resources, created or updated."""
-    resources = load_resources(path)  # SpecError names every bad field of every document
-    secrets = [d for d in read_documents(path) if d.get("kind") == "Secret" and d.get("apiVersion") == "v1"]
+def apply(
+    store: FileStore, documents: list[dict[str, Any]], source: str, namespace: str = NAMESPACE
+) -> list[tuple[str, str]]:
+    """`kubectl apply` for a run file's documents (`read_documents`): Secrets and llmtrain resources."""
+    resources = parse_resources(documents, source)  # SpecError names every bad field of every document
+    secrets = [d for d in documents if d.get("kind") == "Secret" and d.get("apiVersion") == "v1"]
     applied = []
     for document in secrets + [r.to_wire() for r in resources]:
         document = {k: v for k, v in document.items() if k != "status"}
@@ -100,11 +103,14 @@ def status_lines(store: FileStore, applied: list[tuple[str, str]]) -> list[str]:
 
 def run(path: str, workdir: Path, out: TextIO = sys.stdout, poll: float = 0.5) -> int:
     """Run every resource in the file to completion; returns 0 when all succeeded."""
+    documents = read_documents(path)  # once: `-` is stdin, which a second read finds empty
     workdir = Path(workdir).resolve()
+    if workdir.exists() and not workdir.is_dir():
+        raise BadInput(f"{workdir}: not a directory; --workdir names the run's work directory")
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o700)
     store = FileStore(workdir)
-    applied = apply(store, path)
+    applied = apply(store, documents, "<stdin>" if path == "-" else path)
     base_dir = Path.cwd() if path == "-" else Path(path).resolve().parent
     ctx = Context(local=True, base_dir=str(base_dir), storage_root=str(workdir / "storage"), status_interval=1.0)
     reconciler = Reconciler(store, ctx)

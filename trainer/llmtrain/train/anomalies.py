@@ -64,6 +64,9 @@ class AnomalyDetector:
         return alert
 
     def check_grad_norm(self, step: int, norm: float) -> RaisedAlert | None:
+        """NonFiniteLoss (critical: the loss's gradient overflowed) or GradNormHigh (warning)."""
+        if not math.isfinite(norm):
+            return RaisedAlert("NonFiniteLoss", "critical", f"gradient norm is {norm} at step {step}; stopping", step)
         if self.spec.grad_norm_max is not None and norm > self.spec.grad_norm_max:
             return RaisedAlert(
                 "GradNormHigh",

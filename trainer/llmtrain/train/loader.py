@@ -8,6 +8,7 @@ from the start of the validation split.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import BadInput
 
-class DataError(ValueError):
+
+class DataError(BadInput, ValueError):
     """The dataset is missing or does not fit the model (bad input, permanent)."""
 
 
@@ -49,6 +52,27 @@ class Dataset:
                         f"{self.root}: {split} shards hold token id {int(sample.max())}, but the tokenizer has"
                         f" {self.vocab_size} ids: shards and manifest come from different runs; rerun the DataSource"
                     )
+
+    def shards(self) -> list[dict[str, Any]]:
+        """The manifest's shards of both splits, in order."""
+        return [s for split in ("train", "validation") for s in self.manifest["splits"][split]["shards"]]
+
+    def verify_shards(self, part: int = 0, parts: int = 1) -> None:
+        """SHA-256 of every `parts`-th shard from `part` against the manifest (a full sequential read of
+        them; the ranks of a run share the work, once per process start). Sizes are checked in `stream`."""
+        for shard in self.shards()[part::parts]:
+            path = self.root / shard["path"]
+            if not path.is_file():
+                raise DataError(f"{path}: missing (manifest.json lists it); rerun the DataSource")
+            sha = hashlib.sha256()
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    sha.update(chunk)
+            if sha.hexdigest() != shard.get("sha256"):
+                raise DataError(
+                    f"{path}: SHA-256 differs from manifest.json: the shard was changed after the DataSource wrote"
+                    " it; rerun the DataSource"
+                )
 
     def stream(self, split: str) -> TokenStream:
         shards = self.manifest["splits"][split]["shards"]

@@ -21,9 +21,10 @@ import torch
 
 from .. import exitcodes, logs, storage
 from ..api.trainingrun import TrainingRun
+from ..errors import BadInput
 from ..model.flops import flops_per_token, peak_flops
 from ..model.llama import Llama, LlamaConfig, count_parameters
-from . import distributed
+from . import distributed, memory
 from .anomalies import AnomalyDetector, RaisedAlert
 from .checkpoint import Checkpointer
 from .loader import Batches, DataError, Dataset
@@ -32,8 +33,9 @@ from .progress import Metrics, Reporter, format_eta, make_sink, prometheus_port
 
 log = logging.getLogger("llmtrain.train")
 
-#: Fault injection (tests, drills): the loss of this 0-based step is reported as NaN.
-INJECT_NONFINITE_AT = int(os.environ.get("LLMTRAIN_INJECT_NONFINITE_LOSS_AT_STEP", "-1"))
+#: Fault injection (tests, drills), inert unless set: `weight:N` writes NaN into a weight before the
+#: 0-based step N's forward pass, `gradient:N` into a gradient after its backward pass.
+POISON = os.environ.get("LLMTRAIN_TEST_POISON", "")
 
 
 @dataclass
@@ -115,13 +117,29 @@ def grad_norm(model: torch.nn.Module, max_norm: float) -> float:
     return float(norm)
 
 
+def poison(model: torch.nn.Module, kind: str, step: int) -> None:
+    """Fault injection (`LLMTRAIN_TEST_POISON`): the first parameter's weight or gradient becomes NaN."""
+    if f"{kind}:{step}" != POISON:
+        return
+    parameter = next(model.parameters())
+    target = parameter if kind == "weight" else parameter.grad
+    with torch.no_grad():
+        (target.to_local() if hasattr(target, "to_local") else target).fill_(float("nan"))
+
+
+def weights_finite(model: torch.nn.Module, world: distributed.World) -> bool:
+    """Whether every weight, on every rank, is finite (a checkpoint of NaN weights is no good state)."""
+    local = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()) for p in model.parameters())
+    return not distributed.any_true(not local, world)
+
+
 def memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class OutOfMemory(ValueError):
+class OutOfMemory(BadInput, ValueError):
     """The configuration does not fit the device (permanent: the same spec fails the same way)."""
 
 
@@ -145,11 +163,24 @@ def train(run: TrainingRun, options: Options) -> int:
         distributed.teardown()
 
 
+def _verify_shards(dataset: Dataset, world: distributed.World) -> None:
+    """Each rank hashes its share of the shards; a mismatch anywhere stops every rank (exit 2)."""
+    problem = None
+    try:
+        dataset.verify_shards(world.rank, world.size)
+    except DataError as exc:
+        problem = exc
+    if not distributed.all_true(problem is None, world):
+        raise problem or DataError(f"{dataset.root}: a dataset shard does not match manifest.json (another rank's log)")
+
+
 def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
     spec, training = run.spec, run.spec.training
     dataset = Dataset.open(storage.local_dataset(options.data, options.cache))
+    _verify_shards(dataset, world)
     dataset.check_token_range()
     config = model_config(run, dataset)
+    memory.ensure_fits(config, run, world.device, world.size)  # refuse before allocating what cannot fit
     model = build_model(config, run, world)
     fused = world.device.type == "cuda" or not world.distributed  # fused AdamW: GPUs, and unsharded CPU params
     optimizer = build_optimizer(model, training.optimizer, fused=fused)
@@ -162,9 +193,13 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
     )
     shape = dict(vars(config))
     start, tokens_seen = 0, 0
-    latest = checkpoints.latest()
+    resumed = checkpoints.resume(model, optimizer, shape)  # the newest complete checkpoint that verifies
+    latest = resumed.name
+    if world.is_main:
+        for reason in resumed.skipped:
+            logs.audit("CheckpointSkipped", run=run.name, checkpoints=options.checkpoints, reason=reason)
     if latest:
-        meta = checkpoints.load(latest, model, optimizer, shape)
+        meta = resumed.meta
         start, tokens_seen = meta["step"], meta.get("tokensSeen", 0)
         logs.audit(
             "Resumed",
@@ -220,10 +255,27 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
         reporter.report["latestCheckpoint"] = {"step": start, "uri": storage.join(options.checkpoints, latest)}
         reporter.report["bestCheckpoint"] = describe(checkpoints.best())
 
+    def diverge(step: int, alert: RaisedAlert) -> int:
+        """Stop on a non-finite loss or gradient; checkpoint the state first only if every weight is finite
+        (otherwise `latest` keeps naming the last good checkpoint)."""
+        optimizer.zero_grad(set_to_none=True)
+        raise_alert(alert)
+        message = alert.message
+        if weights_finite(model, world):
+            save(step, {"loss": last_loss, "valLoss": last_val, "diverged": True})
+        else:
+            message += f"; the weights are non-finite, not saved: the last good checkpoint is {checkpoints.latest()}"
+        reporter.update(force=True, phase="Failed", failure={"reason": "NonFiniteLoss", "message": message})
+        logs.audit("TrainingFailed", run=run.name, reason="NonFiniteLoss", step=step, message=message)
+        return exitcodes.DIVERGED
+
     def raise_alert(alert: RaisedAlert | None) -> None:
         if alert is not None and world.is_main:
             logs.audit("Alert", run=run.name, **alert.to_json())
             reporter.alert(alert.to_json())
+
+    for reason in resumed.skipped:  # the operator shows these in status.alerts
+        raise_alert(RaisedAlert("CheckpointSkipped", "warning", f"resumed from {latest or 'step 0'}: {reason}", start))
 
     def save(step: int, losses: dict) -> None:
         nonlocal latest_saved
@@ -248,6 +300,7 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
         micro_batches = batches.step(step)
         loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
         started = time.perf_counter()
+        poison(model, "weight", step)
         for index, (inputs, targets) in enumerate(micro_batches):
             if world.distributed:
                 model.set_requires_gradient_sync(index == len(micro_batches) - 1)
@@ -256,20 +309,17 @@ def _train(run: TrainingRun, options: Options, world: distributed.World) -> int:
                 loss = model.loss(inputs, targets) / len(micro_batches)
             loss.backward()
             loss_sum += loss.detach().double()
+        poison(model, "gradient", step)
         loss_value = distributed.mean_across(loss_sum.item(), world)  # one host sync per step
-        if step == INJECT_NONFINITE_AT:
-            loss_value = float("nan")  # fault injection for tests of the divergence path
         alert = detector.check_loss(step, loss_value)
         if alert is not None and alert.type == "NonFiniteLoss":
-            optimizer.zero_grad(set_to_none=True)
-            raise_alert(alert)
-            save(step, {"loss": last_loss, "valLoss": last_val, "diverged": True})
-            reporter.update(force=True, phase="Failed", failure={"reason": "NonFiniteLoss", "message": alert.message})
-            logs.audit("TrainingFailed", run=run.name, reason="NonFiniteLoss", step=step)
-            return exitcodes.DIVERGED
+            return diverge(step, alert)
         raise_alert(alert)
         norm = grad_norm(model, training.max_grad_norm)
-        raise_alert(detector.check_grad_norm(step, norm))
+        alert = detector.check_grad_norm(step, norm)
+        if alert is not None and alert.type == "NonFiniteLoss":  # before the step writes it into the weights
+            return diverge(step, alert)
+        raise_alert(alert)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         completed = step + 1

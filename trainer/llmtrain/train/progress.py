@@ -76,7 +76,7 @@ class Reporter:
             "startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "updatedAt": None,
         }
-        self._written = 0.0
+        self._written = float("-inf")  # the first report is never throttled (monotonic time can start near 0)
 
     def update(self, force: bool = False, **fields: Any) -> None:
         self.report.update(fields)

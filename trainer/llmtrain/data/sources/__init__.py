@@ -11,15 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...api.datasource import DataSourceSpec
+from ...errors import MaybeRetryable
 from ..formats import Raw, Rejected, iter_documents
 
 
-class SourceError(Exception):
+class SourceError(MaybeRetryable):
     """A source cannot be listed or read; `retryable` when trying again may help."""
-
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -29,6 +26,8 @@ class InputRef:
     source: int  # index into spec.sources
     uri: str
     size: int | None = None
+    #: files only: the resolved folder the file must stay in; `uri` is the resolved file below it
+    root: str | None = None
 
 
 def list_inputs(spec: DataSourceSpec, base_dir: Path) -> list[InputRef]:
@@ -58,16 +57,16 @@ def read_input(ref: InputRef, spec: DataSourceSpec, limit: int) -> Iterator[Raw 
 
     source = spec.sources[ref.source]
     if source.sql is not None:
-        yield from sql.iter_rows(source.sql)
+        yield from sql.iter_rows(source.sql, limit)
         return
     if source.huggingface is not None:
-        yield from hf.iter_rows(ref.uri, source.huggingface, spec.text_field)
+        yield from hf.iter_rows(ref.uri, source.huggingface, spec.text_field, limit)
         return
     if source.s3 is not None:
         opened = s3.open_object(source.s3, ref.uri)
     elif source.http is not None:
         opened = http.open_url(source.http, ref.uri)
     else:
-        opened = files.open_file(ref.uri)
+        opened = files.open_file(ref.uri, ref.root)
     with opened as stream:
         yield from iter_documents(stream, ref.uri, spec.format, spec.text_field, spec.txt_unit, limit)
