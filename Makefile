@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 LLAMA_CPP_VERSION := 0.3.36
 # A portable build (AVX2 baseline), not -march=native: the native build on a CPU with AMX (Sapphire Rapids)
-# segfaults evaluating Q8_0/Q4_0 models, and a wheel cached on one CPU must run on the next machine. The
-# cache folder is named after these flags (pip's own wheel cache ignores CMAKE_ARGS, hence --no-cache-dir).
+# segfaults evaluating Q8_0/Q4_0 models (its AMX matmul; cf. ggml-org/llama.cpp#20824), and a wheel cached
+# on one CPU must run on the next machine. The cache folder is named after these flags (pip's own wheel
+# cache ignores CMAKE_ARGS, hence --no-cache-dir).
 LLAMA_CPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 LLAMA_CPP_WHEELS = $(WHEELS)/llama-cpp-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CPP_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 KUBECTL_LAYER := 2.2.2

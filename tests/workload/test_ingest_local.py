@@ -373,3 +373,22 @@ def test_stale_lock_is_taken_over_and_a_failed_ingest_releases_its_lock(shakespe
     empty = write_spec(shakespeare, data_source(validation={"minChars": 10_000_000}))
     failed = run_ingest("-f", str(empty), "--output", str(out))
     assert failed.code == 2 and not (out / ".lock").exists()
+
+
+def test_a_read_only_output_is_exit_2_with_one_line(shakespeare):
+    """An output on a read-only filesystem (as root, permissions would not stop the write): exit 2 naming the
+    path and the cause, no traceback."""
+    output = shakespeare / "readonly"
+    output.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(output)], capture_output=True, timeout=30
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs CAP_SYS_ADMIN)")
+    try:
+        result = run_ingest("-f", str(write_spec(shakespeare, data_source())), "--output", str(output / "out"))
+    finally:
+        subprocess.run(["umount", "--lazy", str(output)], check=False, timeout=30)
+    assert result.code == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "Read-only file system" in result.report["error"]
+    assert str(output) in result.report["error"]
