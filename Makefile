@@ -30,8 +30,8 @@ TRAINER_IMAGE ?= ghcr.io/llmtrain/trainer:$(VERSION)
 # kind has no GPUs: the trainer image is built on Ubuntu with torch's CPU wheels (empty both for CUDA)
 TRAINER_BUILD_ARGS ?= --build-arg CUDA_IMAGE=ubuntu:22.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
-.PHONY: help install tools test test-all test-slow lint format crds lock demo bench bench-corpora llama-cpp clean drills \
-	cluster-bins kind-up images kind-load deploy _deploy e2e-kind kind-down
+.PHONY: help install tools test test-all test-slow test-cluster lint format crds lock demo bench bench-corpora llama-cpp clean drills \
+	cluster-bins cluster-up cluster-down kind-up images kind-load deploy _deploy e2e-kind kind-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,7 +56,7 @@ $(TOOLS_STAMP):
 	touch $@
 
 test: install tools ## the default test run (no slow tier): the README's test command
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
 test-all: install tools ## every tier, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -74,6 +74,15 @@ llama-cpp: install ## llama-cpp-python for the GGUF checks: from the wheel cache
 
 cluster-bins: ## kube-apiserver, controller-manager, scheduler, etcd from Go modules, cached in ~/.cache/llmtrain-cluster (cold ~4 min)
 	tests/cluster/build.sh $(CLUSTER_BIN)
+
+test-cluster: install tools cluster-bins ## the real control-plane tier (etcd, kube-apiserver, controllers, scheduler; seconds)
+	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
+
+cluster-up: cluster-bins install ## start etcd, kube-apiserver, controller-manager, scheduler on 127.0.0.1 (.tools/cluster/kubeconfig)
+	$(BIN)/python tests/cluster/up.py up $(if $(CLUSTER_BIN),--bin $(CLUSTER_BIN))
+
+cluster-down: ## stop the control plane that cluster-up started (by its PID files)
+	$(BIN)/python tests/cluster/up.py down
 
 lint: install ## ruff, lint and format check
 	$(BIN)/ruff check .

@@ -118,7 +118,7 @@ CASES: list[tuple[str, str, Mutation, str, str]] = [
         "DataSource",
         set_path("spec.sources.0", {"http": {"urls": ["https://user:pw@example.org/corpus.txt"]}}),
         "spec.sources[0].http.urls[0]",
-        "must not carry credentials; put them in a Secret and set authSecret",
+        "must be an http:// or https:// URL without credentials (put them in a Secret and set authSecret)",
     ),
     (
         "http-bad-scheme",

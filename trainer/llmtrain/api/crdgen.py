@@ -66,7 +66,9 @@ def _default(field: FieldInfo) -> Any:
     else:
         value = field.default
     if isinstance(value, BaseModel):
-        return {}  # the API server fills the nested defaults from the nested schema
+        # the whole defaulted object, not `{}`: the real API server checks a default against the object's CEL
+        # rules without filling the nested defaults first, so `{}` failed rules that read a nested field
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
     return value
 
 
