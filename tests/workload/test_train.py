@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from workload.test_export import export
 
 from support.ingest import data_source, run_ingest, write_spec
 from support.llama import require_llama_cpp
@@ -224,20 +225,8 @@ def test_best_differs_from_latest_is_kept_and_exported(tmp_path, dataset):
     assert (checkpoints / "best").read_text() == lowest != (checkpoints / "latest").read_text() == "step-00000032"
     kept = {p.name for p in checkpoints.glob("step-*")}
     assert kept == {lowest, "step-00000024", "step-00000032"}, val_losses
-    export = {
-        "apiVersion": "llmtrain.dev/v1alpha1",
-        "kind": "ModelExport",
-        "metadata": {"name": "best"},
-        "spec": {
-            "checkpointUri": str(checkpoints),
-            "dataSourceRef": {"name": "corpus"},
-            "checkpoint": "best",
-            "formats": ["safetensors"],
-        },
-    }
-    (tmp_path / "export.yaml").write_text(yaml.safe_dump(export))
-    process = export_cli(tmp_path / "export.yaml", dataset, tmp_path / "out", tmp_path / "cache")
-    assert process.returncode == 0, process.stderr[-3000:]
+    code, _, stderr = export(tmp_path, dataset, checkpoints, checkpoint="best", formats=["safetensors"])
+    assert code == 0, stderr[-3000:]
     report = json.loads((tmp_path / "out" / "export-report.json").read_text())
     assert report["checkpoint"]["uri"].endswith(lowest) and report["checkpoint"]["step"] == int(lowest[5:])
     assert report["passed"]  # the artifact matches the model it was exported from: that checkpoint
@@ -304,10 +293,10 @@ def test_example_run_trains_the_loss_falls_and_its_export_passes(tmp_path):
     assert report["phase"] == "Succeeded" and report["valLoss"] < 5.5
 
     require_llama_cpp()  # the GGUF check needs llama.cpp: a skip on a laptop without it, a failure in CI
-    export = export_cli(
+    exporting = export_cli(
         example, tmp_path / "data", tmp_path / "export", tmp_path / "c", "--checkpoint", f"{checkpoints}"
     )
-    assert export.returncode == 0, export.stderr[-3000:]
+    assert exporting.returncode == 0, exporting.stderr[-3000:]
     exported = json.loads((tmp_path / "export" / "export-report.json").read_text())
     best = json.loads((checkpoints / (checkpoints / "best").read_text() / "meta.json").read_text())
     assert exported["passed"] and exported["checkpoint"]["step"] == best["step"]
