@@ -31,7 +31,7 @@ TRAINER_IMAGE ?= ghcr.io/llmtrain/trainer:$(VERSION)
 TRAINER_BUILD_ARGS ?= --build-arg CUDA_IMAGE=ubuntu:22.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 .PHONY: help install tools test test-all test-slow test-cluster lint format crds lock demo bench bench-corpora llama-cpp clean drills \
-	cluster-bins cluster-up cluster-down kind-up images kind-load deploy _deploy e2e-kind kind-down
+	cluster-bins cluster-up cluster-down e2e kind-up images kind-load deploy _deploy e2e-kind kind-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -75,11 +75,17 @@ llama-cpp: install ## llama-cpp-python for the GGUF checks: from the wheel cache
 cluster-bins: ## kube-apiserver, controller-manager, scheduler, etcd from Go modules, cached in ~/.cache/llmtrain-cluster (cold ~4 min)
 	tests/cluster/build.sh $(CLUSTER_BIN)
 
-test-cluster: install tools cluster-bins ## the real control-plane tier (etcd, kube-apiserver, controllers, scheduler; seconds)
+test-cluster: install tools cluster-bins llama-cpp ## the real control-plane tier: contract suite, then helm install and the user journey on node agents (~3 min)
 	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
-cluster-up: cluster-bins install ## start etcd, kube-apiserver, controller-manager, scheduler on 127.0.0.1 (.tools/cluster/kubeconfig)
+cluster-up: cluster-bins install llama-cpp ## etcd, kube-apiserver, controller-manager, scheduler and 2 node agents on 127.0.0.1 (.tools/cluster/kubeconfig)
 	$(BIN)/python tests/cluster/up.py up $(if $(CLUSTER_BIN),--bin $(CLUSTER_BIN))
+
+e2e: install tools ## the user journey on the cluster-up cluster: helm install, then the integration tests in e2e mode
+	$(BIN)/python tests/cluster/up.py deploy
+	LLMTRAIN_E2E_KUBECONFIG=$(CURDIR)/.tools/cluster/kubeconfig LLMTRAIN_E2E_STATE=$(CURDIR)/.tools/cluster \
+	  LLMTRAIN_E2E_VOLUMES=$(CURDIR)/.tools/cluster/nodes/node-1/volumes/team-a $(BIN)/python -m pytest \
+	  tests/integration/test_journey.py tests/integration/test_operator.py tests/integration/test_failures.py $(PYTEST_ARGS)
 
 cluster-down: ## stop the control plane that cluster-up started (by its PID files)
 	$(BIN)/python tests/cluster/up.py down

@@ -1,13 +1,16 @@
-"""The operator at scale, against the emulated API server: apply -> Job-created latency (p50/p99), time
-to reconcile N TrainingRuns to their Jobs, and the operator's memory (RSS) with N runs.
+"""The operator at scale: apply -> Job-created latency (p50/p99), time to reconcile N TrainingRuns to their
+Jobs, and the operator's memory (RSS) with N runs, against the emulated API server and the real one
+(etcd, kube-apiserver, controller-manager, scheduler and a node agent: tests/support/real_cluster.py), in
+the same run, with the same workload.
 
-The operator runs as its own process (`python -m llmtrain_operator`, the real kopf shell); the emulated
-API server (tests/support/kube_api.py) and the client that applies the runs share this process. One
-DataSource is ingested for real first (the local Job executor runs `llmtrain ingest`); then the runs
-are created one after another as fast as the client can, and a watch on Jobs timestamps each Job.
+The operator runs as its own process (`python -m llmtrain_operator`, the real kopf shell). One DataSource
+is ingested for real first (on the emulator the local Job executor runs `llmtrain ingest`; on the real
+control plane the real Job controller and the node agent do); then the runs are created one after
+another as fast as the client can, each with `suspend: true` (the real Job controller would otherwise
+start 1,000 trainer pods), and a watch on Jobs timestamps each Job.
 Targets (issue 6): p50 <= 50 ms, 1,000 runs <= 60 s, RSS <= 200 MB.
 
-    python bench/operator.py [--runs 1000] [--operator-source DIR]
+    python bench/operator.py [--runs 1000] [--api emulated|real|both] [--operator-source DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from llmtrain.local.executor import Executor  # noqa: E402
 from llmtrain_operator.kubestore import KubeStore  # noqa: E402
 from support.kube_api import ServerThread  # noqa: E402
+from support.real_cluster import ControlPlane, default_bin_dir  # noqa: E402
 
 NS = "bench"
 GROUP = ("llmtrain.dev", "v1alpha1", NS)
@@ -46,29 +50,127 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+class Emulated:
+    """The emulated API server in this process; the local executor runs the ingest pod."""
+
+    name = "emulated"
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        shutil.copytree(ROOT / "examples" / "data" / "shakespeare", work / "volumes" / "corpus" / "shakespeare")
+        self.api = ServerThread().start()
+        config = kubernetes.client.Configuration()
+        config.host = self.api.url
+        self.client = kubernetes.client.ApiClient(config)
+        self.operator_env = {"LLMTRAIN_KUBE_API": self.api.url}
+
+    def ingest(self, custom, ready) -> None:
+        executor = Executor(KubeStore(self.api.url), self.work, NS, kube_api=self.api.url)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not ready():
+            executor.sync()
+            time.sleep(0.2)
+        executor.shutdown()
+
+    def requests(self) -> dict:
+        total: dict[str, int] = {}  # by verb, every client
+        for (_, verb), count in self.api.server.verbs.items():
+            total[verb] = total.get(verb, 0) + count
+        by_operator = {verb: n for (agent, verb), n in self.api.server.verbs.items() if agent == "llmtrain-operator"}
+        return {
+            "api_requests": total,
+            "operator_requests": dict(sorted(by_operator.items())),
+            "api_writes": self.api.server.writes,
+        }
+
+    def stop(self) -> None:
+        self.api.stop()
+
+
+class Real:
+    """The real control plane with one node agent (its pods: the ingest); the operator logs in as admin."""
+
+    name = "real"
+
+    def __init__(self, work: Path) -> None:
+        self.cp = ControlPlane(default_bin_dir(), work / "cluster", nodes=1, capacity="cpu=16,memory=64Gi")
+        self.cp.start()
+        self.cp.wait_ready(120)
+        self.client = kubernetes.config.new_client_from_config(config_file=str(self.cp.kubeconfig))
+        kubectl = [str(ROOT / ".tools" / "bin" / "kubectl"), f"--kubeconfig={self.cp.kubeconfig}"]
+        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(ROOT / "crds")], check=True, timeout=60)
+        subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd", "--all"], check=True, timeout=60)
+        subprocess.run([*kubectl, "create", "namespace", NS], check=True, timeout=60)
+        claims = [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            }
+            for name in ("corpus", "llmtrain-storage")
+        ]
+        subprocess.run(
+            [*kubectl, "apply", "-f", "-"], input=yaml.safe_dump_all(claims), text=True, check=True, timeout=60
+        )
+        for name in ("corpus", "llmtrain-storage"):
+            wait = [*kubectl, "wait", "-n", NS, "--for=jsonpath={.status.phase}=Bound", f"pvc/{name}", "--timeout=60s"]
+            subprocess.run(wait, check=True, timeout=70)
+        shutil.copytree(ROOT / "examples" / "data" / "shakespeare", self.cp.volumes / NS / "corpus" / "shakespeare")
+        self.operator_env = {"KUBECONFIG": str(self.cp.kubeconfig)}
+        self.baseline = self._counts()
+
+    def ingest(self, custom, ready) -> None:
+        deadline = time.monotonic() + 180  # the real Job controller makes the pod, the node agent runs it
+        while time.monotonic() < deadline and not ready():
+            time.sleep(0.5)
+
+    def _counts(self) -> dict[str, int]:
+        """apiserver_request_total by verb (every client: the real server has no per-client label)."""
+        _, body = self.cp.get("/metrics", timeout=30)
+        counts: dict[str, int] = {}
+        for line in body.decode().splitlines():
+            if line.startswith("apiserver_request_total{"):
+                labels, value = line.rsplit(" ", 1)
+                verb = labels.split('verb="', 1)[1].split('"', 1)[0]
+                counts[verb] = counts.get(verb, 0) + int(float(value))
+        return counts
+
+    def requests(self) -> dict:
+        now = self._counts()
+        return {"api_requests": {verb: now[verb] - self.baseline.get(verb, 0) for verb in sorted(now)}}
+
+    def stop(self) -> None:
+        self.cp.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=50, help="single applies timed one at a time")
+    parser.add_argument("--api", choices=["emulated", "real", "both"], default="both")
     parser.add_argument(
         "--operator-source",
         type=Path,
         help="run the operator from this checkout (`git worktree add DIR COMMIT`): a baseline in the same conditions",
     )
     args = parser.parse_args()
+    backends = [Emulated, Real] if args.api == "both" else [Emulated if args.api == "emulated" else Real]
+    results = {backend.name: measure(backend, args) for backend in backends}
+    print(json.dumps({**results, "runs": args.runs, "cpu_count": os.cpu_count()}, indent=2))
+
+
+def measure(backend_type, args) -> dict:
     source = args.operator_source or ROOT
     describe = ["git", "-C", str(source), "describe", "--always", "--dirty"]
-    commit = subprocess.run(describe, capture_output=True, text=True)
+    commit = subprocess.run(describe, capture_output=True, text=True, timeout=30)
     work = Path(tempfile.mkdtemp(prefix="llmtrain-bench-operator-"))
-    shutil.copytree(ROOT / "examples" / "data" / "shakespeare", work / "volumes" / "corpus" / "shakespeare")
-    api = ServerThread().start()
-    config = kubernetes.client.Configuration()
-    config.host = api.url
-    client = kubernetes.client.ApiClient(config)
+    backend = backend_type(work)
+    client = backend.client
     custom = kubernetes.client.CustomObjectsApi(client)
     env = {
         **os.environ,
-        "LLMTRAIN_KUBE_API": api.url,
+        **backend.operator_env,
         "LLMTRAIN_NAMESPACES": NS,
         "LLMTRAIN_METRICS_PORT": "0",
         "LLMTRAIN_RESYNC_SECONDS": "600",
@@ -90,18 +192,15 @@ def main() -> None:
     documents[0]["spec"]["sources"] = [{"pvc": {"claimName": "corpus", "path": "shakespeare/*.txt"}}]
     try:
         # the DataSource, ingested for real
-        executor = Executor(KubeStore(api.url), work, NS, kube_api=api.url)
         custom.create_namespaced_custom_object(*GROUP, "datasources", documents[0])
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            executor.sync()
+
+        def ready() -> bool:
             status = custom.get_namespaced_custom_object(*GROUP, "datasources", "shakespeare").get("status") or {}
-            if status.get("phase") == "Succeeded":
-                break
-            time.sleep(0.2)
-        else:
-            raise SystemExit(f"the DataSource did not become ready: {status}")
-        executor.shutdown()
+            return status.get("phase") == "Succeeded"
+
+        backend.ingest(custom, ready)
+        if not ready():
+            raise SystemExit(f"the DataSource did not become ready on the {backend.name} API server")
         rss_idle = rss_mib(operator.pid)  # started, connected, one DataSource reconciled
         print(f"DataSource ready; applying {args.runs} TrainingRuns", file=sys.stderr)
 
@@ -129,6 +228,7 @@ def main() -> None:
         def apply(name: str) -> float:
             run = copy.deepcopy(documents[1])
             run["metadata"]["name"] = name
+            run["spec"]["suspend"] = True  # a Job without pods: the real Job controller would start them
             custom.create_namespaced_custom_object(*GROUP, "trainingruns", run)
             return time.monotonic()
 
@@ -164,7 +264,7 @@ def main() -> None:
                 1
                 for i in items
                 if (i.get("status") or {}).get("observedGeneration") == 1
-                and (i.get("status") or {}).get("phase") == "Pending"
+                and (i.get("status") or {}).get("phase") in ("Pending", "Suspended")
             )
             if done == total:
                 break
@@ -172,10 +272,6 @@ def main() -> None:
         all_status = time.monotonic() - start
         time.sleep(2)
         rss = rss_mib(operator.pid)
-        requests: dict[str, int] = {}  # by verb, every client
-        for (_, verb), count in api.server.verbs.items():
-            requests[verb] = requests.get(verb, 0) + count
-        by_operator = {verb: n for (agent, verb), n in api.server.verbs.items() if agent == "llmtrain-operator"}
         result = {
             "operator_commit": commit.stdout.strip(),
             "runs": args.runs,
@@ -193,19 +289,17 @@ def main() -> None:
                 "p99": round(queued[int(0.99 * (len(queued) - 1))], 1),
             },
             "operator_rss_mib": {"started": round(rss_idle, 1), f"with_{total}_runs": round(rss, 1)},
-            "api_requests": requests,
-            "operator_requests": dict(sorted(by_operator.items())),  # its own calls (not kopf's watches)
-            "api_writes": api.server.writes,
-            "cpu_count": os.cpu_count(),
+            **backend.requests(),
         }
-        print(json.dumps(result, indent=2))
+        print(json.dumps({backend.name: result}), file=sys.stderr)
+        return result
     finally:
         operator.send_signal(signal.SIGINT)
         try:
             operator.wait(30)
         except subprocess.TimeoutExpired:
             operator.kill()
-        api.stop()
+        backend.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

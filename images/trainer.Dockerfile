@@ -1,5 +1,7 @@
 # The llmtrain workloads: one image runs `llmtrain ingest`, `llmtrain launch -- <torchrun args>` (train)
-# and `llmtrain export`. CUDA runtime + torch (its CUDA wheel) + the workload package.
+# and `llmtrain export`. CUDA runtime + torch (its CUDA wheel) + the workload package + llama-cpp-python
+# (the GGUF export loads what it wrote in llama.cpp), built for the same portable AVX2 baseline as
+# `make llama-cpp` (a -march=native build segfaults on AMX CPUs; a test keeps the two in step).
 #   docker build -f images/trainer.Dockerfile -t ghcr.io/llmtrain/trainer:0.1.0 .
 # CPU only (kind, CI clusters; what `make images` builds by default):
 #   --build-arg CUDA_IMAGE=ubuntu:22.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -21,7 +23,10 @@ COPY operator/ operator/
 RUN ${PYTHON} -m venv /opt/llmtrain \
  && /opt/llmtrain/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/llmtrain/bin/pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url ${TORCH_INDEX_URL}} \
-    -c constraints.txt ".[train]"
+    -c constraints.txt ".[train]" \
+ && CMAKE_BUILD_PARALLEL_LEVEL=4 \
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+    /opt/llmtrain/bin/pip install --no-cache-dir -c constraints.txt llama-cpp-python==0.3.36
 
 FROM ${CUDA_IMAGE}
 ARG PYTHON=python3.11

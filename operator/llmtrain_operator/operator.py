@@ -12,7 +12,9 @@ conditions (Stalled, pendingTimeoutSeconds) and survives missed events.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -48,11 +50,24 @@ CACHED: dict[str, dict[str, str] | None] = {kind.KIND: None for kind in KINDS} |
 )
 
 
+def in_cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's service-account login, at the address the kubelet gives every pod ($KUBERNETES_SERVICE_HOST and
+    _PORT, as client-go's in-cluster config reads it) rather than kopf's fixed `https://kubernetes.default.svc`,
+    which needs the cluster DNS (a pod on the host network with dnsPolicy Default has none). Found on the real
+    control plane, whose pods reach the API server only at the address in those variables."""
+    info = kopf.login_with_service_account(**kwargs)
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if info is None or not host or not port:
+        return info
+    host = f"[{host}]" if ":" in host else host
+    return dataclasses.replace(info, server=f"https://{host}:{port}")
+
+
 def connection(settings: Settings) -> Connection:
     """Where the operator's own calls go: an explicit URL, else kopf's service-account or kubeconfig login."""
     if settings.api_url:
         return Connection(settings.api_url.rstrip("/"))
-    info = kopf.login_with_service_account(settings=kopf.OperatorSettings()) or kopf.login_with_kubeconfig(
+    info = in_cluster_login(settings=kopf.OperatorSettings()) or kopf.login_with_kubeconfig(
         settings=kopf.OperatorSettings()
     )
     if info is None:
@@ -201,7 +216,7 @@ class Operator:
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
             if self.settings.api_url:
                 return kopf.ConnectionInfo(server=self.settings.api_url, insecure=True, default_namespace="default")
-            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+            return in_cluster_login(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
         for kind in KINDS:
             kopf.on.event(GROUP, VERSION, kind.PLURAL, registry=registry)(self._on_resource)

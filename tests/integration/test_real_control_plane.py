@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from support.paths import ROOT
 from support.real_cluster import ControlPlane, default_bin_dir, missing_binaries, versions
+from support.real_deploy import eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -51,17 +51,6 @@ def kubectl(cp: ControlPlane, *args: str, timeout: float = 30) -> str:
     )
     assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
     return proc.stdout
-
-
-def eventually(what: str, check: Callable[[], object], timeout: float = 60) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.2)
 
 
 def test_server_version(control_plane: ControlPlane) -> None:

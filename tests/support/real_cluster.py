@@ -21,17 +21,21 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from llmtrain.local.kubelet import marked_processes
 from support.paths import ROOT
 
 CLUSTER_DIR = ROOT / "tests" / "cluster"
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
+AGENT = "node_agent.py"
+AGENT_ENV = "LLMTRAIN_NODE_AGENT_ROOT"  # as node_agent.AGENT_ENV (not imported: that module is heavier)
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # start order; stop() goes the other way
 ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -96,12 +100,11 @@ def _write_cert(path: Path, cert) -> None:
 
 def make_pki(pki: Path) -> None:
     """CA, apiserver serving cert, client certs (admin, controller-manager, scheduler), SA key pair."""
-    import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
     pki.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
@@ -128,44 +131,77 @@ def make_pki(pki: Path) -> None:
     _write_cert(pki / "ca.crt", ca)
 
     def leaf(name: str, cn: str, orgs: tuple[str, ...] = (), server: bool = False) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
-            )  # digitalSignature, keyEncipherment
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        )
-        if server:
-            dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
-            dns.append("kubernetes.default.svc.cluster.local")
-            ips = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address(SERVICE_IP)]
-            sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(i) for i in ips]
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        _write_key(pki / f"{name}.key", key)
-        _write_cert(pki / f"{name}.crt", builder.sign(ca_key, hashes.SHA256()))
+        _leaf(pki, ca_key, ca_name, start, end, name, cn, orgs, server)
 
     leaf("apiserver", "kube-apiserver", server=True)
     leaf("admin", "llmtrain-admin", ("system:masters",))
     leaf("controller-manager", "system:kube-controller-manager")
     leaf("scheduler", "system:kube-scheduler")
+    leaf("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
+    leaf("kubelet", "llmtrain-node-agent", server=True)  # serves container logs to the API server
 
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(pki / "sa.key", sa)
     (pki / "sa.pub").write_bytes(
         sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+
+
+def node_credentials(pki: Path, node: str) -> None:
+    """A client certificate for `system:node:<node>` in `system:nodes` (the Node authorizer's identity)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    _leaf(
+        pki,
+        ca_key,
+        ca.subject,
+        ca.not_valid_before_utc,
+        ca.not_valid_after_utc,
+        node,
+        f"system:node:{node}",
+        ("system:nodes",),
+        server=False,
+    )
+
+
+def _leaf(pki: Path, ca_key, ca_name, start, end, name: str, cn: str, orgs: tuple[str, ...], server: bool) -> None:
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+        )  # digitalSignature, keyEncipherment
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    if server:
+        dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+        dns.append("kubernetes.default.svc.cluster.local")
+        ips = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address(SERVICE_IP)]
+        sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(i) for i in ips]
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    _write_key(pki / f"{name}.key", key)
+    _write_cert(pki / f"{name}.crt", builder.sign(ca_key, hashes.SHA256()))
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str = "admin") -> None:
@@ -186,11 +222,14 @@ def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, u
 
 
 def _alive(pid: int, name: str) -> bool:
-    """True when `pid` runs and is still our `name` binary (not a recycled PID)."""
+    """True when `pid` runs and is still our `name` binary, or a node agent (not a recycled PID)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    cmdline = argv[0]
+    if name.startswith("node-") and any(os.path.basename(a.decode(errors="replace")) == AGENT for a in argv):
+        cmdline = name.encode()
     try:  # a zombie of ours still has /proc; reap it
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
@@ -228,7 +267,38 @@ def stop_pids(state_dir: Path, grace: float = 10.0) -> list[str]:
                     time.sleep(0.05)
             stopped.append(name)
         f.unlink(missing_ok=True)
+    for node in sorted((Path(state_dir) / "nodes").glob("*")):  # pods an agent killed by SIGKILL left behind
+        for pid in marked_processes(f"{AGENT_ENV}={node}".encode()):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
     return stopped
+
+
+def spawn(state_dir: Path, name: str, argv: list[str]) -> subprocess.Popen:
+    """Start a component in a session of its own, logging to `<state>/logs/<name>.log`, its PID in a file."""
+    with open(Path(state_dir) / "logs" / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=state_dir
+        )
+    (Path(state_dir) / "pids" / f"{name}.pid").write_text(f"{proc.pid}\n")
+    return proc
+
+
+def restart(state_dir: Path, name: str, grace: float = 10.0) -> subprocess.Popen:
+    """Stop a component of a running cluster (from any process: PID file) and start it with the same argv."""
+    pid_file = Path(state_dir) / "pids" / f"{name}.pid"
+    pid = int(pid_file.read_text().strip())
+    if _alive(pid, name):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _alive(pid, name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid, name):
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid, name):
+                time.sleep(0.05)
+    argv = json.loads((Path(state_dir) / "argv" / f"{name}.json").read_text())
+    return spawn(state_dir, name, argv)
 
 
 def running(state_dir: Path) -> list[str]:
@@ -248,7 +318,19 @@ class ControlPlaneError(RuntimeError):
 
 
 class ControlPlane:
-    def __init__(self, bin_dir: Path | None = None, state_dir: Path | None = None) -> None:
+    """The control plane and `nodes` node agents (tests/support/node_agent.py), each with `capacity`."""
+
+    def __init__(
+        self,
+        bin_dir: Path | None = None,
+        state_dir: Path | None = None,
+        nodes: int = 0,
+        capacity: str = "cpu=16,memory=64Gi,nvidia.com/gpu=2",
+        apiserver_args: tuple[str, ...] = (),
+    ) -> None:
+        self.apiserver_args = apiserver_args
+        self.node_names = [f"node-{i + 1}" for i in range(nodes)]
+        self.capacity = capacity
         self.bin_dir = Path(bin_dir) if bin_dir else default_bin_dir()
         self.state_dir = Path(state_dir if state_dir else ROOT / ".tools" / "cluster").resolve()
         self.pki = self.state_dir / "pki"
@@ -284,7 +366,7 @@ class ControlPlane:
 
     def _start(self) -> None:
         # a fresh cluster each time: new keys, empty etcd
-        for sub in ("pki", "etcd", "logs", "pids", "kcm", "scheduler", "apiserver"):
+        for sub in ("pki", "etcd", "logs", "pids", "kcm", "scheduler", "apiserver", "nodes", "argv"):
             shutil.rmtree(self.state_dir / sub, ignore_errors=True)
         for d in (self.logs, self.pids):
             d.mkdir(parents=True)
@@ -328,6 +410,11 @@ class ControlPlane:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",  # kubeadm's choice: nodes touch only their pods
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--service-account-issuer={ISSUER}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -335,6 +422,7 @@ class ControlPlane:
                 "--allow-privileged=true",
                 # the `kubernetes` Service's Endpoints refuse a loopback address: no endpoint reconciler
                 "--endpoint-reconciler-type=none",
+                *self.apiserver_args,
             ],
         )
         # the controller-manager and scheduler read kube-system's extension-apiserver-authentication at start
@@ -373,20 +461,48 @@ class ControlPlane:
                 f"--cert-dir={self.state_dir / 'scheduler'}",
             ],
         )
+        for index, node in enumerate(self.node_names):
+            self._start_node(node, provisioner=index == 0)
         (self.state_dir / "ports.json").write_text(json.dumps(self.ports) + "\n")
 
-    def _spawn(self, name: str, args: list[str]) -> None:
-        with open(self.log(name), "ab") as log:
-            proc = subprocess.Popen(
-                [str(self.bin_dir / name), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.state_dir,
-            )
-        self.procs[name] = proc
-        (self.pids / f"{name}.pid").write_text(f"{proc.pid}\n")
+    def node_root(self, node: str) -> Path:
+        """Where a node agent keeps pod folders, hosts files and (the first one) provisioned volumes."""
+        return self.state_dir / "nodes" / node
+
+    @property
+    def volumes(self) -> Path:
+        """The local-path provisioner's volumes: `<volumes>/<namespace>/<claim>`."""
+        return self.node_root(self.node_names[0]) / "volumes"
+
+    def _start_node(self, node: str, provisioner: bool) -> None:
+        node_credentials(self.pki, node)
+        kubeconfig = self.state_dir / f"{node}.kubeconfig"
+        write_kubeconfig(
+            kubeconfig, self.server, self.pki / "ca.crt", self.pki / f"{node}.crt", self.pki / f"{node}.key"
+        )
+        args = [
+            str(Path(__file__).with_name(AGENT)),
+            f"--kubeconfig={kubeconfig}",
+            f"--name={node}",
+            f"--root={self.node_root(node)}",
+            f"--pki={self.pki}",
+            f"--capacity={self.capacity}",
+            f"--kube-version={versions()[0]}",
+            f"--dns-kubeconfig={self.kubeconfig}",  # the DNS add-on (CoreDNS reads Services and EndpointSlices)
+        ]
+        if provisioner:
+            args.append(f"--admin-kubeconfig={self.kubeconfig}")
+        self._spawn(node, args, executable=sys.executable)
+
+    def _spawn(self, name: str, args: list[str], executable: str | None = None) -> None:
+        argv = [executable or str(self.bin_dir / name), *args]
+        (self.state_dir / "argv").mkdir(exist_ok=True)
+        (self.state_dir / "argv" / f"{name}.json").write_text(json.dumps(argv))
+        self.procs[name] = spawn(self.state_dir, name, argv)
+
+    def restart(self, name: str, grace: float = 10.0) -> None:
+        """Stop one component by its PID and start it again with the same arguments (state kept)."""
+        self.procs[name] = restart(self.state_dir, name, grace)
 
     def _ssl(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
@@ -409,10 +525,30 @@ class ControlPlane:
     def wait_ready(self, timeout: float = 60.0) -> float:
         """Until /readyz is ok and the `default` ServiceAccount exists; returns seconds since start()."""
         self._wait_for("/readyz", "/api/v1/namespaces/default/serviceaccounts/default", timeout=timeout)
+        for node in self.node_names:
+            self._wait_node(node, timeout)
         assert self.started_at is not None
         self.startup_seconds = time.monotonic() - self.started_at
         (self.state_dir / "startup_seconds").write_text(f"{self.startup_seconds:.2f}\n")
         return self.startup_seconds
+
+    def _wait_node(self, node: str, timeout: float) -> None:
+        """Until the node is Ready and without the not-ready taint (the scheduler then binds pods to it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            status, body = self.get(f"/api/v1/nodes/{node}")
+            if status == 200:
+                found = json.loads(body)
+                ready = any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in found.get("status", {}).get("conditions", [])
+                )
+                if ready and not found["spec"].get("taints"):
+                    return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"node {node} not ready after {timeout:.0f} s: see {self.log(node)}")
+            time.sleep(0.2)
 
     def _wait_for(self, *paths: str, timeout: float = 60.0) -> None:
         """Until GET of each path answers 200 (admin credentials), watching that every process still runs."""

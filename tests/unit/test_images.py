@@ -67,3 +67,15 @@ def test_dockerignore_keeps_the_context_small():
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".tools", "work", "tests", ".git"} <= ignored
     assert not {"trainer", "operator", "pyproject.toml", "constraints.txt"} & ignored
+
+
+def test_trainer_image_builds_llama_cpp_as_the_makefile_does():
+    """The GGUF export validates in llama.cpp: the trainer image installs llama-cpp-python at the Makefile's
+    version, for the Makefile's portable CPU baseline (found by the real-cluster tier: without it the
+    example's GGUF export failed in a cluster)."""
+    makefile = (ROOT / "Makefile").read_text()
+    version = re.search(r"^LLAMA_CPP_VERSION := (\S+)", makefile, re.M).group(1)
+    flags = re.search(r"^LLAMA_CPP_CMAKE_ARGS := (.+)$", makefile, re.M).group(1).strip()
+    installs = " ".join(rest for kw, rest in instructions(ROOT / "images" / "trainer.Dockerfile") if kw == "RUN")
+    assert f"-c constraints.txt llama-cpp-python=={version}" in installs
+    assert f'CMAKE_ARGS="{flags}"' in installs

@@ -39,3 +39,34 @@ def test_launcher_returns_the_workers_exit_code(tmp_path, monkeypatch):
     assert launch.main(["--", "3"]) == 3
     assert launch.main(["--", "75"]) == 75
     assert launch.main(["--", "9"]) == 1  # not a contract code: torchrun's own
+
+
+def test_a_mounted_termination_log_is_emptied_and_written_in_place(tmp_path, monkeypatch):
+    """The kubelet bind-mounts /dev/termination-log: unlinking or renaming onto it fails with EBUSY (found on
+    the real control plane: every trainer pod crashed at start). The launcher empties it, the report is
+    written in place, and no temporary file is left beside it."""
+    import errno
+    import os
+    from pathlib import Path
+
+    log = tmp_path / "termination-log"
+    log.write_text('{"exitCode": 3}')  # a previous attempt's report
+    monkeypatch.setenv(termination.ENV, str(log))
+
+    def busy(*_args, **_kwargs):
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    unlink = Path.unlink
+    monkeypatch.setattr(
+        Path, "unlink", lambda self, missing_ok=False: busy() if self == log else unlink(self, missing_ok)
+    )
+    monkeypatch.setattr(os, "replace", busy)
+    fake = tmp_path / "torchrun"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(0)\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(launch.sys, "executable", str(tmp_path / "python"))
+    assert launch.main(["--"]) == 0
+    assert log.read_bytes() == b""  # the old report is gone
+    termination.write({"error": "bad input", "exitCode": 2})
+    assert json.loads(log.read_text())["exitCode"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["termination-log", "torchrun"]

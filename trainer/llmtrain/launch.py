@@ -8,6 +8,7 @@ wrote to the termination message (2, 3 or 75) when there is one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,8 +38,9 @@ def main(argv: list[str]) -> int:
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun) if torchrun.exists() else "torchrun", *argv]
     log_path = os.environ.get(termination.ENV)
-    if log_path:
-        Path(log_path).unlink(missing_ok=True)  # only this attempt's report counts
+    if log_path:  # only this attempt's report counts. Emptied, not unlinked: in a container the kubelet
+        with contextlib.suppress(FileNotFoundError):  # bind-mounts the file (unlink: EBUSY, found on the
+            Path(log_path).write_bytes(b"")  # real control plane)
     child = subprocess.Popen(command)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, _frame: child.send_signal(number))

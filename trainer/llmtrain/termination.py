@@ -49,6 +49,8 @@ def write(report: dict[str, Any]) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(compact(report))
         os.replace(tmp, path)
-    except OSError:  # /dev/termination-log is a file the kubelet mounts; its directory may be read-only
+    except OSError:  # /dev/termination-log is a file the kubelet mounts (a rename onto it fails: EBUSY)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             path.write_bytes(compact(report))
