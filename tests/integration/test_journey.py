@@ -129,7 +129,7 @@ def container_process(kube: Kube, pod: dict[str, Any]) -> int:
 def kube() -> Iterator[Kube]:
     kube = Kube()
     yield kube
-    for name in ("journey", "retry", "restarts"):  # so that `make e2e` runs again on the same cluster
+    for name in ("journey", "gpus", "retry", "restarts"):  # so that `make e2e` runs again on the same cluster
         kube.attempt("delete", "modelexport,trainingrun", name, f"{name}-export", "-n", NAMESPACE, "--ignore-not-found")
         kube.attempt("delete", "datasource", f"{name}-data", "-n", NAMESPACE, "--ignore-not-found")
 
@@ -180,6 +180,29 @@ def test_journey(kube):
     (rank0,) = [p for p in trainers if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0"]
     logs = kube("logs", "-n", NAMESPACE, rank0["metadata"]["name"])
     assert '"step"' in logs and "loss" in logs, logs[-2000:]
+
+
+def test_a_gpu_request_no_node_can_hold_is_reported_in_the_schedulers_words(kube):
+    """Each node has 2 nvidia.com/gpu: a run asking 4 per node stays Pending, and its status says why (the real
+    scheduler's message) and what to do."""
+    capacity = {
+        n["metadata"]["name"]: n["status"]["capacity"].get("nvidia.com/gpu") for n in kube.get("nodes")["items"]
+    }
+    assert set(capacity.values()) == {"2"}, capacity
+    run = journey_run("gpus", nodes=1, steps=10)[1]
+    run["spec"]["dataSourceRef"]["name"] = "journey-data"
+    run["spec"]["resources"]["gpusPerNode"] = 4
+    kube.apply([run])
+
+    def reported() -> str | None:
+        message = kube.status("trainingruns", "gpus").get("message", "")
+        return message if "Insufficient nvidia.com/gpu" in message else None
+
+    message = eventually("the scheduler's verdict in the run's status", reported, 120)
+    assert "cannot be scheduled" in message and "lower gpusPerNode or add nodes" in message, message
+    (pod,) = kube.pods("job-name=gpus-train")
+    assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+    kube("delete", "trainingrun", "gpus", "-n", NAMESPACE, "--wait=true", timeout=120)
 
 
 def test_killed_trainer_is_retried_by_the_job_controller_and_resumes(kube):

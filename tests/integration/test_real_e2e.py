@@ -9,6 +9,7 @@ Needs `make cluster-bins` and `make tools`; skipped (loudly) without them.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -75,4 +76,6 @@ def test_integration_modules_in_e2e_mode_on_the_real_cluster(deployed: ControlPl
             f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(deployed.logs.glob("node-*.log"))
         )
         pytest.fail(result.stdout[-12000:] + result.stderr[-3000:] + logs)
-    assert "failed" not in result.stdout.splitlines()[-1]
+    summary = result.stdout.strip().splitlines()[-1]
+    # test_journey's 9, test_operator's 1, test_failures' 2; its emulation-only test (a fault-injecting API) skipped
+    assert re.search(r"\b12 passed, 1 skipped\b", summary), summary
