@@ -32,6 +32,7 @@ PRIVATE = {"dev", "etc", "tmp", "run", "var", "mnt", "opt", "proc", "media", "sr
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGE_ROOT = "/opt/llmtrain"
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 class SandboxError(RuntimeError):
@@ -123,6 +124,14 @@ def build_root(spec: dict[str, Any]) -> Path:
         mount(None, root / IMAGE_ROOT.lstrip("/"), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     for item in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
         _volume(root, shared, item)
+    # the project and its interpreter where they sit in a folder the container has of its own (/tmp, /opt),
+    # after the volumes: an emptyDir at /tmp must not hide them
+    for host in spec.get("shared", []):
+        target = root / host.lstrip("/")
+        if Path(host).is_dir() and not any(target.is_relative_to(s) for s in shared):
+            _make_dirs(root, shared, target)
+            mount(host, target, None, MS_BIND | MS_REC)
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     return root
 
 
@@ -229,6 +238,9 @@ class SandboxLauncher:
             "hosts": str(self.hosts_file(process.pod["metadata"]["namespace"])),
             "hostname": process.pod["spec"].get("hostname") or process.pod["metadata"]["name"],
             "image_env": str(image.path),
+            # what the image's environment links to: the project (its .venv, the editable sources) and the
+            # interpreter, bound read-only at their own paths should they sit under /tmp or /opt
+            "shared": sorted({str(PROJECT), sys.base_prefix, str(Path(sys.prefix).resolve())}),
             "mounts": mounts,
             "workdir": container.get("workingDir") or image.spec.workdir or "/",
             "argv": argv,
