@@ -256,6 +256,17 @@ def test_a_completed_trainer_ran_every_step_even_if_its_last_report_was_lost(run
     assert (plan.status["step"], plan.status["progress"]) == (total, f"{total}/{total}")
 
 
+def test_a_run_whose_pods_succeeded_before_the_job_completes_is_still_running(run_world, bodies):
+    """Between the last pod's success and the Job controller's Complete, a freshly restarted operator saw
+    no running pod and said Pending (the real control plane showed Running, Pending, Succeeded)."""
+    job, observe = run_world
+    total = bodies["TrainingRun"]["spec"]["training"]["maxSteps"]
+    report = {"version": 1, "phase": "Running", "step": total, "totalSteps": total}
+    plan = observe(pods=[pod(job, phase="Succeeded")], progress=report)
+    assert plan.status["phase"] == "Running", plan.status["message"]
+    assert plan.status["progress"] == f"{total}/{total}"
+
+
 def test_stalled_run_raises_a_critical_alert(run_world):
     job, observe = run_world
     old = {

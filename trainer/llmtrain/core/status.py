@@ -54,7 +54,10 @@ def parse_time(value: str | None) -> datetime | None:
 
 
 def job_phase(job: dict[str, Any] | None, pods: list[dict[str, Any]], expected_pods: int) -> str:
-    """Complete, Failed, Suspended, Running (every expected pod running), Starting (some not yet), Missing."""
+    """Complete, Failed, Suspended, Running (every expected pod running or done), Starting (some not yet),
+    Missing. A pod that has succeeded counts as started: between the last pod's success and the Job
+    controller's Complete a run is not starting again (seen on the real control plane after an operator
+    restart: Running, Pending, Succeeded)."""
     if job is None:
         return "Missing"
     if diagnosis.job_condition(job, "Complete") or diagnosis.job_condition(job, "SuccessCriteriaMet"):
@@ -63,8 +66,14 @@ def job_phase(job: dict[str, Any] | None, pods: list[dict[str, Any]], expected_p
         return "Failed"
     if job.get("spec", {}).get("suspend"):
         return "Suspended"
-    running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
-    return "Running" if len(running) >= expected_pods else "Starting"
+    started = {
+        (p.get("metadata", {}).get("annotations") or {}).get(
+            diagnosis.INDEX_ANNOTATION, p.get("metadata", {}).get("name")
+        )
+        for p in pods
+        if p.get("status", {}).get("phase") in ("Running", "Succeeded")
+    }
+    return "Running" if len(started) >= expected_pods else "Starting"
 
 
 def job_pods(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -154,7 +163,7 @@ def job_status(
 ) -> str:
     """Set phase from one Job (Pending/Running/Failed); returns the Job's phase for the caller."""
     mine = job_pods(job, pods)
-    state = job_phase(job, active_pods(mine), expected_pods)
+    state = job_phase(job, mine, expected_pods)
     if state == "Missing":
         builder.waiting_for("Creating", f"creating the {what} Job")
     elif state == "Failed":
