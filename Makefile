@@ -118,14 +118,14 @@ bench-corpora: ## install the public corpora the benchmarks read (Debian package
 	@test -f /usr/src/linux-source-6.1.tar.xz && test -f /usr/share/dictd/gcide.dict.dz && command -v bible >/dev/null \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-source-6.1 dict-gcide bible-kjv; }
 
-bench: install bench-corpora ## run the benchmarks (minutes); results as JSON in bench/results/, summarized in docs/benchmarks.md
+bench: install tools cluster-bins llama-cpp bench-corpora ## run the benchmarks (minutes); results as JSON in bench/results/, summarized in docs/benchmarks.md
 	mkdir -p bench/results
 	$(BIN)/python bench/minhash.py > bench/results/minhash.json
 	$(BIN)/python bench/ingest.py --large > bench/results/ingest.json
 	$(BIN)/python bench/ingest_bomb.py > bench/results/ingest_bomb.json
 	$(BIN)/python bench/train.py > bench/results/train.json
 	$(BIN)/python bench/tokenizer.py > bench/results/tokenizer.json
-	$(BIN)/python bench/operator.py --runs 1000 > bench/results/operator.json
+	$(BIN)/python bench/operator.py --runs 1000 --api both > bench/results/operator.json
 
 kind-up: ## create the kind cluster $(KIND_CLUSTER) (kubeconfig in .tools/); needs docker and kind
 	mkdir -p .tools
@@ -159,10 +159,11 @@ e2e-kind: install kind-up images kind-load deploy ## the integration tests, poin
 kind-down: ## delete the kind cluster
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
-drills: install ## fault drills (~20 min): JSON in bench/results/, summarized in docs/reliability.md
+drills: install tools cluster-bins llama-cpp ## fault drills (~25 min; the operator drill on the emulator and on the real control plane): JSON in bench/results/, summarized in docs/reliability.md
 	mkdir -p bench/results
 	$(BIN)/python bench/reliability.py all --out bench/results/reliability.json
 	$(BIN)/python bench/operator_faults.py --trials 50 --out bench/results/operator_faults.json
+	$(BIN)/python bench/operator_faults.py --trials 50 --api real --out bench/results/operator_faults_real.json
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -4,13 +4,17 @@ Gone), and check after every trial that the world converged: no orphans, no repl
 left for the operator's own core to do.
 
 The operator runs as its own process (`python -m llmtrain_operator`, without the Kubernetes client, as in
-its image) against the emulated API server (tests/support/kube_api.py). One DataSource is ingested for
-real first (the local Job executor runs `llmtrain ingest`); each trial then deletes the previous trial's
+its image) against the emulated API server (tests/support/kube_api.py) or, with `--api real`, the real one
+(tests/support/real_cluster.py) behind a fault-injecting proxy (tests/support/fault_proxy.py: 409s, 500s,
+latency, cut watches; the 410 Gone comes from etcd compaction, with the API server's watch cache off so
+that re-watching from a compacted revision reaches etcd). One DataSource is ingested for real first (the
+local Job executor, or the real Job controller and a node agent, which is then stopped so that the trials'
+trainer pods stay Pending as they do on the emulator); each trial then deletes the previous trial's
 runs and applies new TrainingRuns and ModelExports, so every kill lands in creates, status writes or
 deletions. Converged means: every resource's status has `observedGeneration == generation` and the core
 (`llmtrain.core.reconcile`), fed the state the operator would read, plans no action and no status change.
 
-    python bench/operator_faults.py [--trials 50] [--runs 4] [--seed 7] [--out FILE]
+    python bench/operator_faults.py [--trials 50] [--runs 4] [--seed 7] [--api emulated|real] [--out FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,9 +45,11 @@ from llmtrain.control.reconciler import Reconciler, status_patch  # noqa: E402
 from llmtrain.core import naming  # noqa: E402
 from llmtrain.core.reconcile import reconcile  # noqa: E402
 from llmtrain.local.executor import Executor  # noqa: E402
-from llmtrain_operator.kubestore import KubeStore  # noqa: E402
+from llmtrain_operator.kubestore import Connection, KubeStore  # noqa: E402
 from llmtrain_operator.settings import from_env  # noqa: E402
+from support.fault_proxy import FaultProxy  # noqa: E402
 from support.kube_api import ServerThread  # noqa: E402
+from support.real_cluster import ControlPlane, default_bin_dir, stop_pids  # noqa: E402
 
 NS = "drill"
 GROUP = ("llmtrain.dev", "v1alpha1", NS)
@@ -59,17 +66,21 @@ class Drill:
         config = kubernetes.client.Configuration()
         config.host = self.api.url
         self.custom = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))
-        self.store = KubeStore(self.api.url, component="drill")
+        self._prepare(KubeStore(self.api.url, component="drill"), operator_api=self.api.url)
+
+    def _prepare(self, store: KubeStore, operator_api: str) -> None:
+        """The drill's own client, the operator's environment (its API at `operator_api`), the run file."""
+        self.store = store
         self.env = {
             **os.environ,
-            "LLMTRAIN_KUBE_API": self.api.url,
+            "LLMTRAIN_KUBE_API": operator_api,
             "LLMTRAIN_NAMESPACES": NS,
             "LLMTRAIN_METRICS_PORT": "0",
             "LLMTRAIN_RESYNC_SECONDS": "5",
             "LLMTRAIN_STATUS_INTERVAL": "1",
         }
         self.checker = Reconciler(self.store, from_env(self.env).context())
-        self.log = (work / "operator.log").open("ab")
+        self.log = (self.work / "operator.log").open("ab")
         self.operator: subprocess.Popen | None = None
         self.documents = list(yaml.safe_load_all((ROOT / "examples" / "run.yaml").read_text()))
         self.documents[0]["spec"]["sources"] = [{"pvc": {"claimName": "corpus", "path": "shakespeare/*.txt"}}]
@@ -156,6 +167,16 @@ class Drill:
             if not any(ref["uid"] in owners for ref in child["metadata"].get("ownerReferences") or [])
         ]
 
+    def settled_orphans(self, seconds: float = 60.0) -> list[str]:
+        """Orphans once the garbage collector had its chance: the emulator collects at once, the real
+        garbage collector asynchronously (deleted runs' children go within seconds)."""
+        deadline = time.monotonic() + seconds
+        found = self.orphans()
+        while found and time.monotonic() < deadline:
+            time.sleep(1.0)
+            found = self.orphans()
+        return found
+
     def job_uids(self) -> dict[str, str]:
         return {j["metadata"]["name"]: j["metadata"]["uid"] for j in self.store.list("Job", NS)}
 
@@ -164,6 +185,12 @@ class Drill:
     def faults(self, conflict: float, error: float, latency: float) -> None:
         faults = self.api.server.faults
         faults.conflict_rate, faults.error_rate, faults.latency = conflict, error, latency
+
+    def cut_watches(self) -> None:
+        self.api.call(self.api.server.cut_watches)
+
+    def stop(self) -> None:
+        self.api.stop()
 
     def expire_watches(self) -> None:
         """Cut the watch streams and push their resourceVersion out of the (shrunk) history: 410 Gone."""
@@ -175,6 +202,91 @@ class Drill:
             self.store.create({**churn, "data": {"n": "0"}})
         for n in range(150):
             self.store.patch("ConfigMap", NS, "churn", {"data": {"n": str(n)}})
+
+
+class RealDrill(Drill):
+    """The same drill on the real control plane: the operator talks to it through the fault proxy; the
+    drill's own checks and writes go straight to the API server."""
+
+    def __init__(self, work: Path, rng: random.Random) -> None:
+        self.work, self.rng = work, rng
+        self.cp = ControlPlane(default_bin_dir(), work / "cluster", nodes=1, apiserver_args=("--watch-cache=false",))
+        self.cp.start()
+        self.cp.wait_ready(120)
+        pki = self.cp.pki
+        self.proxy = FaultProxy(self.cp.server, pki / "ca.crt", pki / "admin.crt", pki / "admin.key").start()
+        client = kubernetes.config.new_client_from_config(config_file=str(self.cp.kubeconfig))
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        direct = Connection(
+            self.cp.server,
+            ca_path=str(pki / "ca.crt"),
+            cert_path=str(pki / "admin.crt"),
+            key_path=str(pki / "admin.key"),
+        )
+        self._prepare(KubeStore(direct, component="drill"), operator_api=self.proxy.url)
+        kubectl = [str(ROOT / ".tools" / "bin" / "kubectl"), f"--kubeconfig={self.cp.kubeconfig}"]
+        for args in (["apply", "--server-side", "-f", str(ROOT / "crds")], ["create", "namespace", NS]):
+            subprocess.run([*kubectl, *args], check=True, timeout=60, capture_output=True)
+        subprocess.run(
+            [*kubectl, "wait", "--for=condition=Established", "crd", "--all"],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        for claim in ("corpus", "llmtrain-storage"):
+            pvc = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": NS},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            }
+            kubernetes.client.CoreV1Api(client).create_namespaced_persistent_volume_claim(NS, pvc)
+
+    def ingest(self) -> None:
+        """The real Job controller and the node agent run the ingest; then the node goes (its pods stay Pending)."""
+        volume = self.cp.volumes / NS / "corpus"
+        deadline = time.monotonic() + 60
+        while not volume.is_dir() and time.monotonic() < deadline:  # the provisioner makes it
+            time.sleep(0.2)
+        shutil.copytree(ROOT / "examples/data/shakespeare", volume / "shakespeare")
+        self.custom.create_namespaced_custom_object(*GROUP, "datasources", self.documents[0])
+        self.start()
+        deadline = time.monotonic() + 240
+        while (self.get("DataSource", "shakespeare").get("status") or {}).get("phase") != "Succeeded":
+            if time.monotonic() > deadline:
+                raise SystemExit("the DataSource was not ingested")
+            time.sleep(0.5)
+        pid = int((self.cp.pids / "node-1.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+
+    def faults(self, conflict: float, error: float, latency: float) -> None:
+        faults = self.proxy.faults
+        faults.conflict_rate, faults.error_rate, faults.latency = conflict, error, latency
+
+    def cut_watches(self) -> None:
+        self.proxy.cut_watches()
+
+    def expire_watches(self) -> None:
+        """Churn, compact etcd at its newest revision, cut the watches: re-watching from before is 410 Gone."""
+        churn = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "churn", "namespace": NS}}
+        if self.store.get("ConfigMap", NS, "churn") is None:
+            self.store.create({**churn, "data": {"n": "0"}})
+        for n in range(150):
+            self.store.patch("ConfigMap", NS, "churn", {"data": {"n": str(n)}})
+        url = f"http://127.0.0.1:{self.cp.ports['etcd']}/v3"
+        revision = _post(f"{url}/kv/range", {"key": "Lw=="})["header"]["revision"]  # key "/"
+        _post(f"{url}/kv/compaction", {"revision": revision, "physical": True})
+        self.proxy.cut_watches()
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        stop_pids(self.cp.state_dir)
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def trial(drill: Drill, number: int, runs: int, previous: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -198,7 +310,7 @@ def trial(drill: Drill, number: int, runs: int, previous: list[str]) -> tuple[di
     drill.start()
     time.sleep(rng.uniform(0.5, 2.0))
     if injected["watches"] == "cut":
-        drill.api.call(drill.api.server.cut_watches)
+        drill.cut_watches()
     elif injected["watches"] == "expired (410)":
         drill.faults(0.0, 0.0, injected["latency_s"])  # the churn itself must get through
         drill.expire_watches()
@@ -219,7 +331,7 @@ def trial(drill: Drill, number: int, runs: int, previous: list[str]) -> tuple[di
         "seconds_to_converge": round(seconds, 1),
         "pending": pending[:5],
         "children": len(drill.children()),
-        "orphans": drill.orphans(),
+        "orphans": drill.settled_orphans(),
         "jobs_replaced": replaced,
         "deleted_runs_gone": all(not drill.get("TrainingRun", n) for n in previous),
     }
@@ -231,10 +343,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--runs", type=int, default=4, help="TrainingRuns (each with a ModelExport) per trial")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--api", choices=["emulated", "real"], default="emulated")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llmtrain-operator-drill-"))
-    drill = Drill(work, random.Random(args.seed))
+    drill = (RealDrill if args.api == "real" else Drill)(work, random.Random(args.seed))
     outcomes: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
@@ -247,11 +360,12 @@ def main() -> None:
             print(json.dumps(outcome), file=sys.stderr, flush=True)
     finally:
         drill.kill()
-        drill.api.stop()
+        drill.stop()
     seconds = [o["seconds_to_converge"] for o in outcomes]
     result = {
         "injected": "SIGKILL of the operator at a random point while it reconciles, then a restart into API"
         " faults (409/500 rates, latency, watches cut or expired with 410 Gone)",
+        "api": args.api,
         "trials": args.trials,
         "runs_per_trial": args.runs,
         "converged": sum(o["converged"] for o in outcomes),
@@ -269,6 +383,7 @@ def main() -> None:
             "410_gone": sum(o["watches"] == "expired (410)" for o in outcomes),
         },
         "seconds": round(time.monotonic() - started, 1),
+        "proxy_injected": getattr(getattr(drill, "proxy", None), "injected", None),
         "outcomes": outcomes,
     }
     text = json.dumps(result, indent=2)
