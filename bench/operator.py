@@ -97,37 +97,7 @@ class Real:
         self.cp.start()
         self.cp.wait_ready(120)
         self.client = kubernetes.config.new_client_from_config(config_file=str(self.cp.kubeconfig))
-        kubectl = [str(ROOT / ".tools" / "bin" / "kubectl"), f"--kubeconfig={self.cp.kubeconfig}"]
-        subprocess.run(
-            [*kubectl, "apply", "--server-side", "-f", str(ROOT / "crds")], check=True, timeout=60, capture_output=True
-        )
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "crd", "--all"],
-            check=True,
-            timeout=60,
-            capture_output=True,
-        )
-        subprocess.run([*kubectl, "create", "namespace", NS], check=True, timeout=60, capture_output=True)
-        claims = [
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-            }
-            for name in ("corpus", "llmtrain-storage")
-        ]
-        subprocess.run(
-            [*kubectl, "apply", "-f", "-"],
-            input=yaml.safe_dump_all(claims),
-            text=True,
-            check=True,
-            timeout=60,
-            capture_output=True,
-        )
-        for name in ("corpus", "llmtrain-storage"):
-            wait = [*kubectl, "wait", "-n", NS, "--for=jsonpath={.status.phase}=Bound", f"pvc/{name}", "--timeout=60s"]
-            subprocess.run(wait, check=True, timeout=70, capture_output=True)
+        self.cp.prepare_namespace(NS, claims=("corpus", "llmtrain-storage"))
         shutil.copytree(ROOT / "examples" / "data" / "shakespeare", self.cp.volumes / NS / "corpus" / "shakespeare")
         self.operator_env = {"KUBECONFIG": str(self.cp.kubeconfig)}
         self.baseline = self._counts()

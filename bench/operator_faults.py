@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -224,30 +223,11 @@ class RealDrill(Drill):
             key_path=str(pki / "admin.key"),
         )
         self._prepare(KubeStore(direct, component="drill"), operator_api=self.proxy.url)
-        kubectl = [str(ROOT / ".tools" / "bin" / "kubectl"), f"--kubeconfig={self.cp.kubeconfig}"]
-        for args in (["apply", "--server-side", "-f", str(ROOT / "crds")], ["create", "namespace", NS]):
-            subprocess.run([*kubectl, *args], check=True, timeout=60, capture_output=True)
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "crd", "--all"],
-            check=True,
-            timeout=60,
-            capture_output=True,
-        )
-        for claim in ("corpus", "llmtrain-storage"):
-            pvc = {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": claim, "namespace": NS},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-            }
-            kubernetes.client.CoreV1Api(client).create_namespaced_persistent_volume_claim(NS, pvc)
+        self.cp.prepare_namespace(NS, claims=("corpus", "llmtrain-storage"))
 
     def ingest(self) -> None:
         """The real Job controller and the node agent run the ingest; then the node goes (its pods stay Pending)."""
-        volume = self.cp.volumes / NS / "corpus"
-        deadline = time.monotonic() + 60
-        while not volume.is_dir() and time.monotonic() < deadline:  # the provisioner makes it
-            time.sleep(0.2)
+        volume = self.cp.volumes / NS / "corpus"  # made by the provisioner: the claim is Bound
         shutil.copytree(ROOT / "examples/data/shakespeare", volume / "shakespeare")
         self.custom.create_namespaced_custom_object(*GROUP, "datasources", self.documents[0])
         self.start()
@@ -273,20 +253,12 @@ class RealDrill(Drill):
             self.store.create({**churn, "data": {"n": "0"}})
         for n in range(150):
             self.store.patch("ConfigMap", NS, "churn", {"data": {"n": str(n)}})
-        url = f"http://127.0.0.1:{self.cp.ports['etcd']}/v3"
-        revision = _post(f"{url}/kv/range", {"key": "Lw=="})["header"]["revision"]  # key "/"
-        _post(f"{url}/kv/compaction", {"revision": revision, "physical": True})
+        self.cp.compact_etcd()
         self.proxy.cut_watches()
 
     def stop(self) -> None:
         self.proxy.stop()
         stop_pids(self.cp.state_dir)
-
-
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def trial(drill: Drill, number: int, runs: int, previous: list[str]) -> tuple[dict[str, Any], list[str]]:

@@ -29,6 +29,7 @@ import pytest
 import yaml
 from unit.test_invalid_specs import CASES
 
+from llmtrain.local.kubelet import CONTAINER_ENV, marked_processes
 from support.cluster import E2E_KUBECONFIG, small_run
 from support.paths import ROOT
 from support.real_deploy import E2E_VOLUMES, NAMESPACE, RELEASE_NAMESPACE, eventually, tool
@@ -41,7 +42,6 @@ pytestmark = [
         reason="needs the project's real cluster: make e2e (or the cluster tier)",
     ),
 ]
-POD_MARK = "LLMTRAIN_LOCAL_POD_UID"
 
 
 class Kube:
@@ -109,15 +109,7 @@ def journey_run(name: str, nodes: int, steps: int) -> list[dict[str, Any]]:
 
 def container_process(kube: Kube, pod: dict[str, Any]) -> int:
     """The pod's container process on this machine (the node agent marks each pod's processes)."""
-    mark = f"{POD_MARK}={pod['metadata']['uid']}".encode()
-    marked = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if mark in (entry / "environ").read_bytes().split(b"\0"):
-                    marked.add(int(entry.name))
-            except OSError:
-                continue
+    marked = set(marked_processes(f"{CONTAINER_ENV}={pod['metadata']['uid']}".encode()))
     for pid in sorted(marked):
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         if parent not in marked:

@@ -11,10 +11,8 @@ as kubectl does (the emulator is always strict)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-import urllib.request
 from pathlib import Path
 
 import kubernetes
@@ -63,19 +61,10 @@ class Real:
             until(lambda c=crd: _established(ext, f"{c}.llmtrain.dev"), f"CRD {crd} established")
 
     def expire_history(self) -> None:
-        """Compact etcd at its newest revision (etcd's gRPC gateway): older resourceVersions are gone (410)."""
-        url = f"http://127.0.0.1:{self.cp.ports['etcd']}/v3"
-        revision = _post(f"{url}/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"]
-        _post(f"{url}/kv/compaction", {"revision": revision, "physical": True})
+        self.cp.compact_etcd()
 
     def stop(self) -> None:
         self.cp.stop()
-
-
-def _post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def _established(ext, name: str) -> bool:

@@ -246,7 +246,7 @@ class NodeAgent:
         self.heartbeat()
         query = {"fieldSelector": f"spec.nodeName={self.name}"}
         pods = self.store._call("GET", "/api/v1/pods", query=query).get("items") or []
-        self._names(pods)
+        self._names([p for p in pods if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")])
         seen = set()
         for pod in pods:
             uid = pod["metadata"]["uid"]

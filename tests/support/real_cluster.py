@@ -274,6 +274,12 @@ def stop_pids(state_dir: Path, grace: float = 10.0) -> list[str]:
     return stopped
 
 
+def _post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 def spawn(state_dir: Path, name: str, argv: list[str]) -> subprocess.Popen:
     """Start a component in a session of its own, logging to `<state>/logs/<name>.log`, its PID in a file."""
     with open(Path(state_dir) / "logs" / f"{name}.log", "ab") as log:
@@ -499,6 +505,39 @@ class ControlPlane:
         (self.state_dir / "argv").mkdir(exist_ok=True)
         (self.state_dir / "argv" / f"{name}.json").write_text(json.dumps(argv))
         self.procs[name] = spawn(self.state_dir, name, argv)
+
+    def compact_etcd(self) -> int:
+        """Compact etcd at its newest revision (its gRPC gateway): older resourceVersions are gone (410 Gone
+        for a watch that reaches etcd, i.e. with the API server's watch cache off). Returns the revision."""
+        url = f"http://127.0.0.1:{self.ports['etcd']}/v3"
+        revision = _post_json(f"{url}/kv/range", {"key": "Lw=="})["header"]["revision"]  # the key "/"
+        _post_json(f"{url}/kv/compaction", {"revision": revision, "physical": True})
+        return int(revision)
+
+    def prepare_namespace(self, namespace: str, claims: tuple[str, ...] = ()) -> None:
+        """The project's CRDs (Established), a namespace and PersistentVolumeClaims in it (Bound by the first
+        node agent's provisioner): what a benchmark or drill needs before the operator starts."""
+        kubectl = [str(ROOT / ".tools" / "bin" / "kubectl"), f"--kubeconfig={self.kubeconfig}"]
+        pvcs = [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            }
+            for name in claims
+        ]
+        steps = [
+            (["apply", "--server-side", "-f", str(ROOT / "crds")], None),
+            (["wait", "--for=condition=Established", "crd", "--all"], None),
+            (["create", "namespace", namespace], None),
+        ]
+        if pvcs:
+            steps.append((["apply", "-f", "-"], "\n---\n".join(json.dumps(p) for p in pvcs)))
+            bound = "--for=jsonpath={.status.phase}=Bound"
+            steps += [(["wait", "-n", namespace, bound, f"pvc/{c}", "--timeout=60s"], None) for c in claims]
+        for args, stdin in steps:
+            subprocess.run([*kubectl, *args], input=stdin, text=True, check=True, timeout=90, capture_output=True)
 
     def restart(self, name: str, grace: float = 10.0) -> None:
         """Stop one component by its PID and start it again with the same arguments (state kept)."""
