@@ -15,6 +15,7 @@ deletions. Converged means: every resource's status has `observedGeneration == g
 (`llmtrain.core.reconcile`), fed the state the operator would read, plans no action and no status change.
 
     python bench/operator_faults.py [--trials 50] [--runs 4] [--seed 7] [--api emulated|real] [--out FILE]
+                                   [--operator-source DIR]
 """
 
 from __future__ import annotations
@@ -317,9 +318,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--api", choices=["emulated", "real"], default="emulated")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--operator-source",
+        type=Path,
+        help="run the operator from this checkout (`git worktree add DIR COMMIT`): a baseline in the same conditions",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llmtrain-operator-drill-"))
     drill = (RealDrill if args.api == "real" else Drill)(work, random.Random(args.seed))
+    source = args.operator_source or ROOT
+    if args.operator_source:  # the operator process only; the drill and its checks run this checkout
+        drill.env["PYTHONPATH"] = f"{source / 'operator'}:{source / 'trainer'}"
+    describe = ["git", "-C", str(source), "describe", "--always", "--dirty"]
+    commit = subprocess.run(describe, capture_output=True, text=True, timeout=30).stdout.strip()
     outcomes: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
@@ -338,6 +349,7 @@ def main() -> None:
         "injected": "SIGKILL of the operator at a random point while it reconciles, then a restart into API"
         " faults (409/500 rates, latency, watches cut or expired with 410 Gone)",
         "api": args.api,
+        "operator_commit": commit,
         "trials": args.trials,
         "runs_per_trial": args.runs,
         "converged": sum(o["converged"] for o in outcomes),

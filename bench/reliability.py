@@ -32,6 +32,9 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from support.tiny_run import tiny_run  # noqa: E402
+
 CLI = [sys.executable, "-m", "llmtrain.cli"]
 CHECKPOINT_EVERY = 8
 
@@ -65,34 +68,16 @@ def corpus(work: Path) -> Path:
 
 
 def run_spec(work: Path, steps: int, ranks: int) -> Path:
-    """A tiny model; the same global batch (8 sequences) on 1 or 2 ranks."""
-    spec = {
-        "apiVersion": "llmtrain.dev/v1alpha1",
-        "kind": "TrainingRun",
-        "metadata": {"name": "drill"},
-        "spec": {
-            "dataSourceRef": {"name": "drill"},
-            "model": {
-                "layers": 2,
-                "hiddenSize": 64,
-                "heads": 4,
-                "kvHeads": 2,
-                "intermediateSize": 128,
-                "maxSeqLen": 64,
-            },
-            "training": {
-                "maxSteps": steps,
-                "microBatchSize": 4,
-                "gradientAccumulationSteps": 2 // ranks,
-                "precision": "fp32",
-                "logEverySteps": 1,
-                "optimizer": {"lr": 0.003},
-                "scheduler": {"warmupSteps": 4},
-            },
-            "validation": {"everySteps": 16, "batches": 2},
-            "checkpointing": {"everySteps": CHECKPOINT_EVERY, "keepLast": 2, "keepBest": 1},
-        },
-    }
+    """The workload tests' tiny model (tests/support/tiny_run.py); the same global batch (8 sequences) on 1
+    or 2 ranks."""
+    spec = tiny_run(
+        "drill",
+        "drill",
+        steps,
+        accumulation=2 // ranks,
+        validation={"everySteps": 16},
+        checkpointing={"everySteps": CHECKPOINT_EVERY},
+    )
     path = work / f"run-{steps}-{ranks}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

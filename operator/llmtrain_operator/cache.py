@@ -33,7 +33,8 @@ from .kubestore import KubeStore
 
 log = logging.getLogger("llmtrain.operator.cache")
 
-Key = tuple[str, str]  # (namespace, name)
+#: An object of one kind in the cache: (namespace, name). (The core names children by (kind, name): `ChildKey`.)
+ObjectKey = tuple[str, str]
 OWNER_CHECK_SECONDS = 1.0  # how long a read of an owner vouches for it before more children are created
 
 
@@ -47,7 +48,7 @@ def _older(new: int | None, old: int | None) -> bool:
     return new is not None and old is not None and new < old
 
 
-def _key(obj: dict[str, Any]) -> Key:
+def _key(obj: dict[str, Any]) -> ObjectKey:
     meta = obj["metadata"]
     return meta.get("namespace") or "", meta["name"]
 
@@ -95,8 +96,8 @@ class WatchCache:
         self.on_recovered = on_recovered
         self.kinds = dict(kinds)
         self.namespaces = tuple(namespaces)
-        self._objects: dict[str, dict[Key, Entry]] = {kind: {} for kind in self.kinds}
-        self._tombstones: dict[str, dict[Key, int]] = {kind: {} for kind in self.kinds}
+        self._objects: dict[str, dict[ObjectKey, Entry]] = {kind: {} for kind in self.kinds}
+        self._tombstones: dict[str, dict[ObjectKey, int]] = {kind: {} for kind in self.kinds}
         self._synced: set[str] = set()
         self._alive: dict[tuple[str, str, str, str], float] = {}  # owner (kind, ns, name, uid) -> seen when
         self._lock = threading.Lock()

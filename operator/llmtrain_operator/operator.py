@@ -1,12 +1,21 @@
-"""The kopf shell: watch the three kinds and their children, reconcile through the shared core.
+"""The operator shell: watch the three kinds and their children, reconcile through the shared core.
 
-Handlers are `kopf.on.event` only: no finalizers, no kopf annotations on our resources (so deleting a
-resource never waits for the operator), and every pass re-derives everything from the world
-(level-based). The events feed a watch cache that answers every read of a reconcile (`cache.WatchCache`)
-and put the resource's key on a work queue; worker threads reconcile. Every child kind is watched, so
-drift on any child (a Service edited, a Role deleted) is corrected at once. A resync thread re-lists the
-cached kinds and reconciles every resource every `resync_seconds`, which also drives the time-based
-conditions (Stalled, pendingTimeoutSeconds) and survives missed events.
+What kopf does here: log in (service account or kubeconfig), run the watches and deliver their event
+stream to `kopf.on.event` handlers, call our startup and cleanup hooks, and serve the liveness endpoint.
+What it does not: no kopf handlers with retries, finalizers or annotations on our resources (so deleting
+a resource never waits for the operator), no kopf timers or daemons, no kopf Event posting.
+
+The scheduling is ours, in one place, as controller-runtime's: every reason to look at a resource puts
+its key on one de-duplicating work queue (`workqueue.WorkQueue`), and `workers` threads reconcile from
+it, each pass re-deriving everything from the world (level-based). The reasons:
+- an event on a resource or on any child it owns (so drift on a child is corrected at once); every
+  event first updates the watch cache that answers the reads of a reconcile (`cache.WatchCache`);
+- a DataSource's or TrainingRun's transition, for the resources that wait on it;
+- a failed pass: added again after 0.5 s, doubling to 30 s (the rate-limited requeue);
+- the plan's `requeue_after`: when the core wants to look again without an event (Stalled,
+  pendingTimeoutSeconds, a status write the throttle held back);
+- the resync every `resync_seconds`, which re-lists the cache and enqueues every resource: the safety
+  net for missed events (controller-runtime's SyncPeriod).
 """
 
 from __future__ import annotations
@@ -24,13 +33,13 @@ import kopf
 from llmtrain.api import KINDS
 from llmtrain.api.common import GROUP, VERSION
 from llmtrain.control import Reconciler
-from llmtrain.control.workqueue import WorkQueue
 from llmtrain.core import Plan, naming
 
 from .cache import WatchCache
 from .kubestore import Connection, KubeStore
 from .metrics import Metrics
 from .settings import Settings
+from .workqueue import WorkQueue
 
 log = logging.getLogger("llmtrain.operator")
 KIND_LABELS = {naming.kind_label(kind.KIND): kind.KIND for kind in KINDS}
@@ -114,10 +123,10 @@ class Operator:
         finally:
             self.metrics.latency.labels(kind).observe(time.perf_counter() - started)
         if plan is not None and plan.events and kind in ("DataSource", "TrainingRun"):
-            self._dependents(kind, namespace, name)  # only a transition (an Event) can unblock them
+            self._enqueue_dependents(kind, namespace, name)  # only a transition (an Event) can unblock them
         return plan
 
-    def _dependents(self, kind: str, namespace: str, name: str) -> None:
+    def _enqueue_dependents(self, kind: str, namespace: str, name: str) -> None:
         """A DataSource's or TrainingRun's change can unblock the resources that wait on it."""
         wanted = (
             [("TrainingRun", "dataSourceRef"), ("ModelExport", "dataSourceRef")]
@@ -127,23 +136,17 @@ class Operator:
         for dependent, field in wanted:
             for item in self.store.list(dependent, namespace):
                 if ((item.get("spec") or {}).get(field) or {}).get("name") == name:
-                    self.reconciler.reconcile(dependent, namespace, item["metadata"]["name"])
+                    self.queue.add((dependent, namespace, item["metadata"]["name"]))
 
     def resync(self) -> None:
-        """Reconcile everything once (level-based safety net; drives time-based conditions)."""
+        """Enqueue every resource (the level-based safety net against missed events)."""
         for kind in KINDS:
             for namespace in self.settings.namespaces or (None,):
                 for item in self.store.list(kind.KIND, namespace):
-                    if self._stop.is_set():
-                        return
-                    try:
-                        self.reconciler.reconcile(kind.KIND, item["metadata"]["namespace"], item["metadata"]["name"])
-                    except Exception:
-                        self.metrics.errors.labels(kind.KIND).inc()
-                        log.exception("resync failed", extra={"object": item["metadata"]["name"]})
+                    self.queue.add((kind.KIND, item["metadata"]["namespace"], item["metadata"]["name"]))
 
     def _resync_loop(self) -> None:
-        """List every cached kind until it works (workers wait for it), then re-list and reconcile
+        """List every cached kind until it works (workers wait for it), then re-list and enqueue
         everything every `resync_seconds`."""
         while not self._stop.is_set() and not self.store.synced.is_set():
             try:
@@ -166,26 +169,20 @@ class Operator:
             if key is None:
                 continue
             try:
-                self.reconcile(*key)
-                self._failures.pop(key, None)
+                plan = self.reconcile(*key)
             except Exception:  # counted and logged by reconcile: tried again after a growing delay
-                self._retry_later(key)
+                self.queue.add_after(key, self._backoff(key))
+            else:
+                self._failures.pop(key, None)
+                if plan is not None and plan.requeue_after is not None:
+                    self.queue.add_after(key, plan.requeue_after)  # the core wants another look without an event
             finally:
                 self.queue.done(key)
 
-    def _retry_later(self, key: tuple[str, str, str]) -> None:
+    def _backoff(self, key: tuple[str, str, str]) -> float:
         """controller-runtime's rate-limited requeue: 0.5 s after a failed pass, doubling to 30 s."""
         failures = self._failures[key] = self._failures.get(key, 0) + 1
-        timer = threading.Timer(min(30.0, 0.5 * 2 ** (failures - 1)), self.queue.add, args=(key,))
-        timer.daemon = True
-        timer.start()
-
-    def _deferred_loop(self) -> None:
-        """Write the progress the throttle held back once it allows (a run's last report is never lost
-        waiting for the next event or resync)."""
-        while not self._stop.wait(1.0):
-            for key in self.reconciler.due():
-                self.queue.add(key)
+        return min(30.0, 0.5 * 2 ** (failures - 1))
 
     # -- kopf wiring -------------------------------------------------------------------------------
 
@@ -203,7 +200,6 @@ class Operator:
             settings.watching.client_timeout = 330
             settings.networking.request_timeout = 60
             threading.Thread(target=self._resync_loop, name="resync", daemon=True).start()
-            threading.Thread(target=self._deferred_loop, name="deferred", daemon=True).start()
             for index in range(self.settings.workers):
                 threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True).start()
 

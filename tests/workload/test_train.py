@@ -23,6 +23,7 @@ from support.llama import require_llama_cpp
 from support.paths import ROOT
 from support.pause import kill_paused, pause_env, release, wait_until_paused
 from support.seaweed import Seaweed
+from support.tiny_run import tiny_run
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
@@ -40,29 +41,8 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def run_spec(tmp: Path, steps: int = 24, micro: int = 4, accumulation: int = 2, **extra) -> Path:
-    spec = {
-        "dataSourceRef": {"name": "corpus"},
-        "model": {"layers": 2, "hiddenSize": 64, "heads": 4, "kvHeads": 2, "intermediateSize": 128, "maxSeqLen": 64},
-        "training": {
-            "maxSteps": steps,
-            "microBatchSize": micro,
-            "gradientAccumulationSteps": accumulation,
-            "precision": "fp32",
-            "logEverySteps": 1,
-            "optimizer": {"lr": 0.003},
-            "scheduler": {"warmupSteps": 4},
-        },
-        "validation": {"everySteps": 8, "batches": 2},
-        "checkpointing": {"everySteps": 8, "keepLast": 2, "keepBest": 1},
-    }
-    for key, value in extra.items():
-        spec[key] = {**spec.get(key, {}), **value}
     path = tmp / f"run-{micro}x{accumulation}.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {"apiVersion": "llmtrain.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "tiny"}, "spec": spec}
-        )
-    )
+    path.write_text(yaml.safe_dump(tiny_run("tiny", "corpus", steps, micro, accumulation, **extra)))
     return path
 
 

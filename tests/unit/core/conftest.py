@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from llmtrain.api.manifests import read_documents
-from llmtrain.core import Context
-from support.resources import EXAMPLES, stored
+from llmtrain.core import Context, Observed
+from support.plans import desired_job, reconcile
+from support.resources import EXAMPLES, NOW, ready, stored
 
 
 @pytest.fixture
@@ -29,3 +30,17 @@ def cluster() -> Context:
 @pytest.fixture
 def local_ctx(tmp_path) -> Context:
     return Context(local=True, base_dir=str(EXAMPLES), storage_root=str(tmp_path / "storage"))
+
+
+@pytest.fixture
+def run_world(bodies, cluster):
+    deps = {("DataSource", "shakespeare"): ready(bodies["DataSource"])}
+    job = desired_job(bodies["TrainingRun"], cluster, deps)
+
+    def observe(job=job, pods=(), progress=None, body=None):
+        obs = Observed(
+            children={("Job", job["metadata"]["name"]): job}, pods=list(pods), dependencies=deps, progress=progress
+        )
+        return reconcile(body or bodies["TrainingRun"], obs, cluster, NOW)
+
+    return job, observe

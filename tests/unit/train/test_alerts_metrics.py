@@ -7,6 +7,7 @@ import socket
 import urllib.request
 
 from llmtrain.api.trainingrun import AlertsSpec
+from llmtrain.core.progress import Alert
 from llmtrain.train.anomalies import WARMUP_OBSERVATIONS, AnomalyDetector
 from llmtrain.train.progress import FileSink, Metrics, Reporter, format_eta
 
@@ -36,9 +37,10 @@ def test_reporter_throttles_but_forces_events(tmp_path):
     reporter.update(step=1)
     reporter.update(step=2)
     assert json.loads((tmp_path / "progress.json").read_text())["step"] == 1  # throttled
-    reporter.alert({"type": "LossSpike"})
+    reporter.alert(Alert("LossSpike", "warning", "loss 9.0 is 3.0x its running mean", 1))
     report = json.loads((tmp_path / "progress.json").read_text())
-    assert report["step"] == 2 and report["alerts"] == [{"type": "LossSpike"}] and report["version"] == 1
+    spike = {"type": "LossSpike", "severity": "warning", "message": "loss 9.0 is 3.0x its running mean", "step": 1}
+    assert report["step"] == 2 and report["alerts"] == [spike] and report["version"] == 1
     assert format_eta(3725) == "1h02m" and format_eta(65) == "1m05s" and format_eta(None) is None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -10,8 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..core import Context, Observed, Plan, naming, reconcile
+from ..core.plan import sooner
 from ..core.reconcile import TERMINAL, child_keys, dependency_keys
-from ..core.status import configmap_report, progress_only
+from ..core.status import progress_only
+from ..core.trainingrun import progress_report
 from .store import Conflict, NotFound, Store
 
 log = logging.getLogger("llmtrain.control")
@@ -24,8 +27,16 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
+#: A resource as the shells name it: (kind, namespace, name).
+ResourceKey = tuple[str, str, str]
+
+
 class Reconciler:
-    """Reads a resource's world, calls the core, applies the plan. Safe to call from many threads."""
+    """Reads a resource's world, calls the core, applies the plan. Safe to call from many threads.
+
+    Status writes that carry only progress figures are throttled to one per `ctx.status_interval` per
+    resource; a write held back makes the returned plan's `requeue_after` no later than the moment it may
+    be made, so the shell's next pass writes it (a run's last report is never lost)."""
 
     def __init__(
         self,
@@ -35,13 +46,12 @@ class Reconciler:
         on_plan: Callable[[dict[str, Any], Plan, bool], None] | None = None,
     ) -> None:
         self.store, self.ctx, self.clock, self.on_plan = store, ctx, clock, on_plan
-        self._written: dict[tuple[str, str, str], float] = {}
-        #: resources whose progress-only write the throttle held back, and when it may be written
-        self._deferred: dict[tuple[str, str, str], float] = {}
-        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
+        #: when each resource's status was last written (time.monotonic())
+        self._written: dict[ResourceKey, float] = {}
+        self._locks: dict[ResourceKey, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def _lock(self, key: tuple[str, str, str]) -> threading.Lock:
+    def _lock(self, key: ResourceKey) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
@@ -65,19 +75,10 @@ class Reconciler:
                     observed.dependencies[(dep_kind, dep_name)] = found
         if kind == "TrainingRun":
             configmap = naming.progress_configmap(name)
-            observed.progress = store.progress(namespace, configmap) or configmap_report(
+            observed.progress = store.progress(namespace, configmap) or progress_report(
                 observed.children.get(("ConfigMap", configmap))
             )
         return observed
-
-    def due(self) -> list[tuple[str, str, str]]:
-        """Resources whose held-back progress write may now be made: reconcile them (the shells poll this)."""
-        now = time.monotonic()
-        with self._guard:
-            ready = [key for key, at in self._deferred.items() if at <= now]
-            for key in ready:
-                del self._deferred[key]
-        return ready
 
     def reconcile(self, kind: str, namespace: str, name: str, force_status: bool = False) -> Plan | None:
         key = (kind, namespace, name)
@@ -85,8 +86,6 @@ class Reconciler:
             body = self.store.get(kind, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 self._written.pop(key, None)
-                with self._guard:
-                    self._deferred.pop(key, None)
                 return None
             plan = reconcile(body, self.observe(body), self.ctx, self.clock())
             direct = self.store.direct()
@@ -99,7 +98,9 @@ class Reconciler:
                 plan = reconcile(body, self.observe(body, direct), self.ctx, self.clock())
             for action in plan.actions:
                 self._apply(action)
-            written = self._write_status(key, body, plan, force_status)
+            written, held_back = self._write_status(key, body, plan, force_status)
+            if held_back is not None:
+                plan = dataclasses.replace(plan, requeue_after=sooner(plan.requeue_after, held_back))
             if self.on_plan is not None:
                 self.on_plan(body, plan, written)
             return plan
@@ -123,29 +124,29 @@ class Reconciler:
         except NotFound:
             pass  # already gone
 
-    def _write_status(self, key: tuple[str, str, str], body: dict[str, Any], plan: Plan, force: bool) -> bool:
+    def _write_status(
+        self, key: ResourceKey, body: dict[str, Any], plan: Plan, force: bool
+    ) -> tuple[bool, float | None]:
+        """Write the plan's status and post its Events; returns (written, seconds until a write the
+        throttle held back may be made)."""
         old = body.get("status") or {}
         if plan.status == old:
-            return False
+            return False, None
         now = time.monotonic()
-        recent = now - self._written.get(key, float("-inf")) < self.ctx.status_interval
-        if not force and recent and progress_only(old, plan.status):
-            with self._guard:  # written later by `due()`'s caller, so the last report is never lost
-                self._deferred[key] = self._written[key] + self.ctx.status_interval
-            return False
+        since = now - self._written[key] if key in self._written else None  # never written: not throttled
+        if not force and since is not None and since < self.ctx.status_interval and progress_only(old, plan.status):
+            return False, self.ctx.status_interval - since
         try:
             self.store.patch_status(key[0], key[1], key[2], status_patch(old, plan.status))
         except (NotFound, Conflict):
-            return False
+            return False, None
         self._written[key] = now
-        with self._guard:
-            self._deferred.pop(key, None)
         for event in plan.events:
             try:
                 self.store.event(body, event.type, event.reason, event.message)
             except Exception as exc:  # an Event is never worth a failed reconcile
                 log.warning("event not posted", extra={"error": str(exc)})
-        return True
+        return True, None
 
 
 def _settles(body: dict[str, Any], plan: Plan) -> bool:

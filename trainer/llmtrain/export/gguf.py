@@ -11,7 +11,6 @@ tokenizer model with the `gpt-2` pre-tokenizer (the same regex we train with).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,13 @@ import torch
 from ..model.llama import Llama
 from .checkpoint import ExportError
 from .checks import greedy_matches, max_relative_error, verdict
+from .formats import FULL_PRECISION, ExportInputs
+from .perplexity import measure
+from .perplexity import verdict as perplexity_verdict
 
 TYPES = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+#: The quantized tensor type written for each quantization of the spec that GGUF holds.
+QUANTIZATIONS = {"int8": "q8_0", "q8_0": "q8_0", "int4": "q4_0", "q4_0": "q4_0"}
 BLOCK = 32  # Q8_0 / Q4_0 block size: rows must be a multiple of it
 
 
@@ -170,6 +174,12 @@ def _load(path: Path, context: int) -> Any:
     )
 
 
+def _runtime_name() -> str:
+    import llama_cpp  # after _load, which says how to install it
+
+    return f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+
+
 def _logits(runtime: Any, tokens: list[int]) -> torch.Tensor:
     runtime.reset()
     runtime.eval(tokens)
@@ -187,17 +197,14 @@ def validate(
     max_relative_error_limit: float,
 ) -> dict[str, Any]:
     runtime = _load(out, model.config.max_seq_len)  # a clear error when llama-cpp-python is missing
-    import llama_cpp
-
     one = lambda x: _logits(runtime, x[0].tolist()).unsqueeze(0)  # noqa: E731 - llama.cpp runs one sequence
     worst = max_relative_error(model, prompts, one)
     expected = training_tokenizer.encode_batch(corpus)
     tokenizer_match = all(
         runtime.tokenize(t.encode(), add_bos=False, special=False) == e for t, e in zip(corpus, expected, strict=True)
     )
-    runtime_name = f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
     return verdict(
-        runtime_name,
+        _runtime_name(),
         worst,
         greedy_matches(model, prompts[0], greedy_tokens, one),
         max_relative_error_limit,
@@ -207,10 +214,45 @@ def validate(
 
 def perplexity(path: Path, windows: list[list[int]], context: int) -> float:
     runtime = _load(path, context)
-    total, count = 0.0, 0
-    for window in windows:
-        logits = _logits(runtime, window[:-1])
-        targets = torch.tensor(window[1:])
-        total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-        count += len(targets)
-    return math.exp(total / count)
+    return measure(lambda ids: _logits(runtime, ids), windows)
+
+
+def validate_quantized(
+    quantized: Path, full: Path, kind: str, windows: list[list[int]], context: int, max_increase: float
+) -> dict[str, Any]:
+    """The `kind` (q8_0, q4_0) artifact's validation perplexity against the F32 one, both in llama.cpp."""
+    reference, measured = perplexity(full, windows, context), perplexity(quantized, windows, context)
+    return perplexity_verdict(_runtime_name(), reference, measured, max_increase, "F32", tensorType=kind.upper())
+
+
+class Gguf:
+    """GGUF as an export format: `model-f32.gguf`, and `model-<kind>.gguf` for a quantization it holds."""
+
+    def quantization(self, model: Llama, requested: str) -> str | None:
+        kind = QUANTIZATIONS.get(requested)
+        check_quantizable(model, kind or "f32")
+        return kind
+
+    def write(self, inputs: ExportInputs, staging: Path, quantization: str) -> Path:
+        kind = "f32" if quantization == FULL_PRECISION else quantization
+        return write(inputs.model, inputs.tokenizer_dir, staging / f"model-{kind}.gguf", kind)
+
+    def validate(self, inputs: ExportInputs, artifact: Path) -> dict[str, Any]:
+        limits = inputs.limits
+        check = validate(
+            artifact,
+            inputs.model,
+            inputs.prompts,
+            inputs.corpus,
+            inputs.training_tokenizer,
+            limits.greedy_tokens,
+            limits.max_relative_error,
+        )
+        return {**check, "tensorType": "F32"}
+
+    def validate_quantized(self, inputs: ExportInputs, artifact: Path, full: Path, quantization: str) -> dict[str, Any]:
+        context, limit = inputs.model.config.max_seq_len, inputs.limits.max_perplexity_increase
+        return validate_quantized(artifact, full, quantization, inputs.draw_windows(), context, limit)
+
+
+FORMAT = Gguf()

@@ -16,6 +16,7 @@ from ..model.hf import hf_model
 from ..model.llama import Llama
 from .checkpoint import ExportError, greedy
 from .checks import max_relative_error, verdict
+from .formats import ExportInputs, FullPrecisionOnly
 
 
 def write(model: Llama, tokenizer_dir: Path, out: Path, max_shard_size: str = "2GB") -> Path:
@@ -69,3 +70,25 @@ def validate(
         max_relative_error_limit,
         tokenizer_match,
     )
+
+
+class HuggingFace(FullPrecisionOnly):
+    """safetensors in the Hugging Face layout as an export format: the `hf/` directory, full precision only."""
+
+    def write(self, inputs: ExportInputs, staging: Path, quantization: str) -> Path:
+        return write(inputs.model, inputs.tokenizer_dir, staging / "hf")
+
+    def validate(self, inputs: ExportInputs, artifact: Path) -> dict[str, Any]:
+        limits = inputs.limits
+        return validate(
+            artifact,
+            inputs.model,
+            inputs.prompts,
+            inputs.corpus,
+            inputs.training_tokenizer,
+            limits.greedy_tokens,
+            limits.max_relative_error,
+        )
+
+
+FORMAT = HuggingFace()

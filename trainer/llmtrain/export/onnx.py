@@ -4,7 +4,6 @@ by validation perplexity against full precision."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,9 @@ import numpy as np
 import torch
 
 from ..model.llama import Llama
+from . import perplexity
 from .checks import greedy_matches, max_relative_error, verdict
+from .formats import FULL_PRECISION, ExportInputs
 
 
 def write(model: Llama, out: Path) -> Path:
@@ -54,14 +55,8 @@ def _logits(session: Any, tokens: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(["logits"], {"input_ids": tokens.numpy().astype(np.int64)})[0])
 
 
-def perplexity(session: Any, windows: list[list[int]]) -> float:
-    total, count = 0.0, 0
-    for window in windows:
-        tokens = torch.tensor([window])
-        logits = _logits(session, tokens[:, :-1])
-        total += float(torch.nn.functional.cross_entropy(logits[0], tokens[0, 1:], reduction="sum"))
-        count += len(window) - 1
-    return math.exp(total / count)
+def _sequence_logits(session: Any) -> perplexity.SequenceLogits:
+    return lambda ids: _logits(session, torch.tensor([ids]))[0]
 
 
 @torch.no_grad()
@@ -84,17 +79,30 @@ def validate(
 def validate_quantized(quantized: Path, full: Path, windows: list[list[int]], max_increase: float) -> dict[str, Any]:
     import onnxruntime
 
-    reference, measured = perplexity(_session(full), windows), perplexity(_session(quantized), windows)
-    increase = measured / reference - 1
-    result = {
-        "runtime": f"onnxruntime {onnxruntime.__version__}",
-        "perplexity": measured,
-        "perplexityIncrease": increase,
-        "passed": increase <= max_increase,
-    }
-    if not result["passed"]:
-        result["message"] = (
-            f"validation perplexity {measured:.3f} is {increase:.1%} above full precision"
-            f" ({reference:.3f}); limit {max_increase:.1%}"
-        )
-    return result
+    reference = perplexity.measure(_sequence_logits(_session(full)), windows)
+    measured = perplexity.measure(_sequence_logits(_session(quantized)), windows)
+    return perplexity.verdict(
+        f"onnxruntime {onnxruntime.__version__}", reference, measured, max_increase, "full precision"
+    )
+
+
+class Onnx:
+    """ONNX as an export format: `model.onnx`, and `model.int8.onnx` for `quantization: int8`."""
+
+    def quantization(self, model: Llama, requested: str) -> str | None:
+        return "int8" if requested == "int8" else None
+
+    def write(self, inputs: ExportInputs, staging: Path, quantization: str) -> Path:
+        if quantization == FULL_PRECISION:
+            return write(inputs.model, staging / "model.onnx")
+        return quantize_int8(staging / "model.onnx", staging / "model.int8.onnx")
+
+    def validate(self, inputs: ExportInputs, artifact: Path) -> dict[str, Any]:
+        limits = inputs.limits
+        return validate(artifact, inputs.model, inputs.prompts, limits.greedy_tokens, limits.max_relative_error)
+
+    def validate_quantized(self, inputs: ExportInputs, artifact: Path, full: Path, quantization: str) -> dict[str, Any]:
+        return validate_quantized(artifact, full, inputs.draw_windows(), inputs.limits.max_perplexity_increase)
+
+
+FORMAT = Onnx()

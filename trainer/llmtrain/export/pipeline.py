@@ -1,5 +1,7 @@
 """`llmtrain export`: resolve the checkpoint, write each format, prove each artifact, publish, report last.
 
+Each format in `spec.formats` is looked up in `registry.FORMATS` and driven through `formats.ExportFormat`.
+
 Artifacts are written to a local staging directory and validated there; only then are they uploaded
 (each file atomically), and the report (`export-report.json`) is written last, so a report never names
 an incomplete artifact. A failed validation fails the export (the report says which check failed).
@@ -21,15 +23,13 @@ from ..data import tokenizer as tokenizers
 from ..errors import BadInput
 from ..model.llama import LlamaConfig
 from ..train.loader import Dataset
-from . import gguf, hf, onnx, torchscript
 from .artifacts import Artifact
 from .checkpoint import ExportError, check_spec, load, resolve
 from .checks import check_tokenizer
+from .formats import FULL_PRECISION, ExportInputs
+from .registry import FORMATS
 
 REPORT = "export-report.json"
-BUILT = ("safetensors", "torchscript", "onnx", "gguf")
-#: The GGUF tensor type each quantization asks for.
-GGUF_TYPES = {"int8": "q8_0", "q8_0": "q8_0", "int4": "q4_0", "q4_0": "q4_0"}
 
 
 class ValidationFailed(BadInput):
@@ -56,12 +56,30 @@ def _corpus(dataset: Dataset, tokenizer: Any, count: int = 16) -> list[str]:
     return [tokenizer.decode(stream.window(i * 97, 40).tolist()) for i in range(count)]
 
 
+def _export_format(name: str, inputs: ExportInputs, staging: Path, requested: str) -> list[Artifact]:
+    """A format's full-precision artifact, then its quantized one when it holds the `requested` quantization;
+    each written into `staging` and checked there."""
+    fmt = FORMATS[name]
+    quantization = fmt.quantization(inputs.model, requested)
+    full = fmt.write(inputs, staging, FULL_PRECISION)
+    made = [Artifact(name, FULL_PRECISION, full, _name(full, staging), fmt.validate(inputs, full))]
+    if quantization:
+        quantized = fmt.write(inputs, staging, quantization)
+        check = fmt.validate_quantized(inputs, quantized, full, quantization)
+        made.append(Artifact(name, quantization, quantized, _name(quantized, staging), check))
+    return made
+
+
+def _name(artifact: Path, staging: Path) -> str:
+    return artifact.relative_to(staging).as_posix()
+
+
 def export(
     resource: ModelExport, checkpoint_uri: str, data: str, output: str, cache: Path, run_model: ModelSpec | None = None
 ) -> dict[str, Any]:
     """Export; `run_model` (the TrainingRun's spec.model, when known) must describe the checkpoint."""
     spec = resource.spec
-    unsupported = [f for f in spec.formats if f not in BUILT]
+    unsupported = [f for f in spec.formats if f not in FORMATS]
     if unsupported:
         raise ExportError(f"spec.formats: {unsupported} cannot be exported")
     found = resolve(checkpoint_uri, spec.checkpoint, spec.step)
@@ -78,63 +96,26 @@ def export(
     tokenizer_dir = dataset.root / dataset.manifest["tokenizer"]["path"]
     training_tokenizer = tokenizers.load(tokenizer_dir)
     check_tokenizer(training_tokenizer, model.config.vocab_size, str(tokenizer_dir))
-    prompts = _prompts(dataset, model.config.max_seq_len)
-    corpus = _corpus(dataset, training_tokenizer)
-    limits = spec.validate_
+    max_len = model.config.max_seq_len
+    inputs = ExportInputs(
+        model=model,
+        tokenizer_dir=tokenizer_dir,
+        training_tokenizer=training_tokenizer,
+        prompts=_prompts(dataset, max_len),
+        corpus=_corpus(dataset, training_tokenizer),
+        draw_windows=lambda: _windows(dataset, max_len),
+        limits=spec.validate_,
+    )
     storage.delete(storage.join(output, REPORT))
     staging = Path(tempfile.mkdtemp(prefix="llmtrain-export-", dir=cache if cache.exists() else None))
     artifacts: list[Artifact] = []
     try:
-        for fmt in spec.formats:
+        for name in spec.formats:
             started = time.monotonic()
-            if fmt == "safetensors":
-                path = hf.write(model, tokenizer_dir, staging / "hf")
-                check = hf.validate(
-                    path, model, prompts, corpus, training_tokenizer, limits.greedy_tokens, limits.max_relative_error
-                )
-                artifacts.append(Artifact("safetensors", "none", path, "hf", check))
-            elif fmt == "onnx":
-                path = onnx.write(model, staging / "model.onnx")
-                check = onnx.validate(path, model, prompts, limits.greedy_tokens, limits.max_relative_error)
-                artifacts.append(Artifact("onnx", "none", path, "model.onnx", check))
-                if spec.quantization == "int8":
-                    quantized = onnx.quantize_int8(path, staging / "model.int8.onnx")
-                    windows = _windows(dataset, model.config.max_seq_len)
-                    check = onnx.validate_quantized(quantized, path, windows, limits.max_perplexity_increase)
-                    artifacts.append(Artifact("onnx", "int8", quantized, "model.int8.onnx", check))
-            elif fmt == "gguf":
-                gguf.check_quantizable(model, GGUF_TYPES.get(spec.quantization, "f32"))
-                path = gguf.write(model, tokenizer_dir, staging / "model-f32.gguf", "f32")
-                check = gguf.validate(
-                    path, model, prompts, corpus, training_tokenizer, limits.greedy_tokens, limits.max_relative_error
-                )
-                artifacts.append(Artifact("gguf", "none", path, "model-f32.gguf", {**check, "tensorType": "F32"}))
-                kind = GGUF_TYPES.get(spec.quantization)
-                if kind:
-                    quantized = gguf.write(model, tokenizer_dir, staging / f"model-{kind}.gguf", kind)
-                    windows = _windows(dataset, model.config.max_seq_len)
-                    context = model.config.max_seq_len
-                    reference = gguf.perplexity(path, windows, context)
-                    measured = gguf.perplexity(quantized, windows, context)
-                    increase = measured / reference - 1
-                    check = {
-                        "runtime": check["runtime"],
-                        "tensorType": kind.upper(),
-                        "perplexity": measured,
-                        "perplexityIncrease": increase,
-                        "passed": increase <= limits.max_perplexity_increase,
-                    }
-                    if not check["passed"]:
-                        check["message"] = (
-                            f"validation perplexity {measured:.3f} is {increase:.1%} above F32"
-                            f" ({reference:.3f}); limit {limits.max_perplexity_increase:.1%}"
-                        )
-                    artifacts.append(Artifact("gguf", kind, quantized, f"model-{kind}.gguf", check))
-            elif fmt == "torchscript":
-                path = torchscript.write(model, staging / "model.torchscript.pt")
-                check = torchscript.validate(path, model, prompts, limits.greedy_tokens, limits.max_relative_error)
-                artifacts.append(Artifact("torchscript", "none", path, "model.torchscript.pt", check))
-            artifacts[-1].validation["seconds"] = round(time.monotonic() - started, 2)
+            made = _export_format(name, inputs, staging, spec.quantization)
+            # the format's whole time, on its last artifact
+            made[-1].validation["seconds"] = round(time.monotonic() - started, 2)
+            artifacts += made
         failed = [a for a in artifacts if not a.passed]
         published = [a.publish(output) for a in artifacts]
         report = {

@@ -9,6 +9,7 @@ import torch
 
 from ..model.llama import Llama
 from .checks import greedy_matches, max_relative_error, verdict
+from .formats import ExportInputs, FullPrecisionOnly
 
 
 def write(model: Llama, out: Path) -> Path:
@@ -33,3 +34,17 @@ def validate(
         greedy_matches(model, prompts[0], greedy_tokens, loaded),
         max_relative_error_limit,
     )
+
+
+class TorchScript(FullPrecisionOnly):
+    """TorchScript as an export format: `model.torchscript.pt`, full precision only."""
+
+    def write(self, inputs: ExportInputs, staging: Path, quantization: str) -> Path:
+        return write(inputs.model, staging / "model.torchscript.pt")
+
+    def validate(self, inputs: ExportInputs, artifact: Path) -> dict[str, Any]:
+        limits = inputs.limits
+        return validate(artifact, inputs.model, inputs.prompts, limits.greedy_tokens, limits.max_relative_error)
+
+
+FORMAT = TorchScript()

@@ -23,7 +23,7 @@ import functools
 import os
 import time
 
-from .llama import LlamaConfig
+from .shape import LlamaConfig
 
 GPU_PEAKS: dict[str, tuple[float, float]] = {
     "H200": (989e12, 494e12),

@@ -9,52 +9,13 @@ Hugging Face layout is a rename-free save.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..api.trainingrun import ModelSpec
-
-
-@dataclass(frozen=True)
-class LlamaConfig:
-    vocab_size: int
-    layers: int
-    hidden_size: int
-    heads: int
-    kv_heads: int
-    intermediate_size: int
-    max_seq_len: int
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.heads
-
-    @classmethod
-    def from_spec(cls, spec: ModelSpec, vocab_size: int) -> LlamaConfig:
-        return cls(
-            vocab_size=vocab_size,
-            layers=spec.layers,
-            hidden_size=spec.hidden_size,
-            heads=spec.heads,
-            kv_heads=spec.kv_heads or spec.heads,
-            intermediate_size=spec.intermediate_size or default_intermediate_size(spec.hidden_size),
-            max_seq_len=spec.max_seq_len,
-            rope_theta=spec.rope_theta,
-            norm_eps=spec.norm_eps,
-            tie_embeddings=spec.tie_embeddings,
-        )
-
-
-def default_intermediate_size(hidden_size: int, multiple_of: int = 256) -> int:
-    """Llama's SwiGLU width: 2/3 of 4 x hidden, rounded up to a multiple of 256."""
-    size = int(2 * 4 * hidden_size / 3)
-    return multiple_of * math.ceil(size / multiple_of)
+from .shape import LlamaConfig
+from .shape import default_intermediate_size as default_intermediate_size  # the rule lives in shape
 
 
 class RMSNorm(nn.Module):
@@ -93,8 +54,8 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, config.head_dim
         self.q_proj = nn.Linear(config.hidden_size, config.heads * config.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, config.kv_heads * config.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, config.kv_heads * config.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.kv_width, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.kv_width, bias=False)
         self.o_proj = nn.Linear(config.heads * config.head_dim, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from ..api.trainingrun import AlertsSpec
+from ..core.progress import Alert
 
 #: Observations before spike and throughput alerts arm (the early loss falls fast and is noisy).
 WARMUP_OBSERVATIONS = 20
 
 
-@dataclass
-class RaisedAlert:
-    type: str
-    severity: str
-    message: str
-    step: int
-    time: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+def raised(type_: str, severity: str, message: str, step: int) -> Alert:
+    """An alert raised now, at `step` (the progress report's `Alert`, stamped with the time)."""
+    return Alert(type_, severity, message, step, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "severity": self.severity,
-            "message": self.message,
-            "step": self.step,
-            "time": self.time,
-        }
+
+def is_divergence(alert: Alert | None) -> bool:
+    """Whether the alert stops the run: a non-finite loss or gradient norm."""
+    return alert is not None and alert.type == "NonFiniteLoss"
 
 
 class RunningMean:
@@ -48,13 +39,13 @@ class AnomalyDetector:
         self.loss = RunningMean()
         self.throughput = RunningMean(0.8)
 
-    def check_loss(self, step: int, loss: float) -> RaisedAlert | None:
+    def check_loss(self, step: int, loss: float) -> Alert | None:
         """NonFiniteLoss (critical) or LossSpike (warning); updates the running mean otherwise."""
         if not math.isfinite(loss):
-            return RaisedAlert("NonFiniteLoss", "critical", f"loss is {loss} at step {step}; stopping", step)
+            return raised("NonFiniteLoss", "critical", f"loss is {loss} at step {step}; stopping", step)
         alert = None
         if self.loss.count >= WARMUP_OBSERVATIONS and loss > self.spec.loss_spike_factor * self.loss.value:
-            alert = RaisedAlert(
+            alert = raised(
                 "LossSpike",
                 "warning",
                 f"loss {loss:.4f} is {loss / self.loss.value:.1f}x its running mean {self.loss.value:.4f}",
@@ -63,12 +54,12 @@ class AnomalyDetector:
         self.loss.update(loss)
         return alert
 
-    def check_grad_norm(self, step: int, norm: float) -> RaisedAlert | None:
+    def check_grad_norm(self, step: int, norm: float) -> Alert | None:
         """NonFiniteLoss (critical: the loss's gradient overflowed) or GradNormHigh (warning)."""
         if not math.isfinite(norm):
-            return RaisedAlert("NonFiniteLoss", "critical", f"gradient norm is {norm} at step {step}; stopping", step)
+            return raised("NonFiniteLoss", "critical", f"gradient norm is {norm} at step {step}; stopping", step)
         if self.spec.grad_norm_max is not None and norm > self.spec.grad_norm_max:
-            return RaisedAlert(
+            return raised(
                 "GradNormHigh",
                 "warning",
                 f"gradient norm {norm:.3g} exceeds gradNormMax {self.spec.grad_norm_max:g}",
@@ -76,11 +67,11 @@ class AnomalyDetector:
             )
         return None
 
-    def check_throughput(self, step: int, tokens_per_second: float) -> RaisedAlert | None:
+    def check_throughput(self, step: int, tokens_per_second: float) -> Alert | None:
         alert = None
         floor = self.spec.throughput_drop_fraction * self.throughput.value
         if self.throughput.count >= WARMUP_OBSERVATIONS // 4 and tokens_per_second < floor:
-            alert = RaisedAlert(
+            alert = raised(
                 "ThroughputDrop",
                 "warning",
                 f"{tokens_per_second:,.0f} tokens/s is below {self.spec.throughput_drop_fraction:.0%} of the running"

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..model.llama import Llama
+from .precision import Precision
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,13 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def shard(model: Llama, world: World, precision: str) -> Llama:
-    """FSDP2: each block, then the root. Parameters stay fp32; compute in bf16/fp16 on GPUs."""
+def shard(model: Llama, world: World, precision: Precision) -> Llama:
+    """FSDP2: each block, then the root, under the precision's mixed-precision policy."""
     if not world.distributed:
         return model
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
-    policy = MixedPrecisionPolicy()
-    if world.device.type == "cuda" and precision != "fp32":
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    policy = precision.fsdp_policy()
     for block in model.model.layers:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)

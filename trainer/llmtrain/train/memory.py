@@ -28,7 +28,8 @@ import torch
 
 from ..api.trainingrun import TrainingRun
 from ..errors import BadInput
-from ..model.llama import LlamaConfig
+from ..model.shape import LlamaConfig, block_parameters, parameter_count, root_parameters
+from .precision import Precision
 
 log = logging.getLogger("llmtrain.train")
 
@@ -72,29 +73,11 @@ def gib(value: float) -> str:
     return f"{value / _GIB:.2f} GiB"
 
 
-def block_parameters(config: LlamaConfig) -> int:
-    """Parameters of one transformer block: attention, SwiGLU MLP and two norms."""
-    hidden, kv_width = config.hidden_size, config.kv_heads * config.head_dim
-    attention = 2 * hidden * config.heads * config.head_dim + 2 * hidden * kv_width
-    return attention + 3 * hidden * config.intermediate_size + 2 * hidden
-
-
-def root_parameters(config: LlamaConfig) -> int:
-    """Parameters outside the blocks: the embedding, the final norm and the (untied) output projection."""
-    embeddings = config.vocab_size * config.hidden_size * (1 if config.tie_embeddings else 2)
-    return embeddings + config.hidden_size
-
-
-def parameter_count(config: LlamaConfig) -> int:
-    """Distinct parameters of `Llama(config)` (tied weights once), without building it."""
-    return config.layers * block_parameters(config) + root_parameters(config)
-
-
 def _block_activation_bytes(config: LlamaConfig, compute: int) -> int:
     """Bytes autograd saves per token in one block (see `Block`): the fp32 input and the output of both
     norms, q and k before and after the rotation, SDPA's inputs and output, o_proj's input, and the
     MLP's gate, up, SiLU and product."""
-    hidden, kv_width = config.hidden_size, config.kv_heads * config.head_dim
+    hidden, kv_width = config.hidden_size, config.kv_width
     norms = 2 * (_FP32 * hidden + 2 * compute * hidden)
     attention = compute * (7 * hidden + 2 * kv_width)
     mlp = compute * 4 * config.intermediate_size
@@ -112,10 +95,9 @@ def activation_bytes(config: LlamaConfig, tokens: int, compute: int, checkpointi
 
 
 def compute_bytes(device_type: str, precision: str, sharded: bool) -> int:
-    """Bytes per activation: bf16 on GPUs (autocast, or FSDP's policy, which also serves fp16); else fp32."""
-    if device_type == "cuda" and (precision == "bf16" or (precision == "fp16" and sharded)):
-        return 2
-    return _FP32
+    """Bytes per activation: those of the compute dtype (`precision.Precision`), else fp32's."""
+    dtype = Precision(precision, device_type, sharded).compute_dtype
+    return dtype.itemsize if dtype is not None else _FP32
 
 
 def estimate(config: LlamaConfig, run: TrainingRun, device_type: str, world_size: int) -> MemoryEstimate:

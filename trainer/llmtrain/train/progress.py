@@ -1,7 +1,7 @@
 """What the trainer tells the world: metrics sinks and the progress report for the operator.
 
-The progress report is a small, versioned JSON document (`PROGRESS_VERSION`) that rank 0 writes at most
-every `min_interval` seconds and at every lifecycle event. Sinks:
+The progress report is a small, versioned JSON document (`core.progress.ProgressReport`) that rank 0 writes
+at most every `min_interval` seconds and at every lifecycle event. Sinks:
 - `FileSink`: atomic writes to a file (local runner; or a file the operator reads);
 - `ConfigMapSink` (`configmap://<namespace>/<name>`): a ConfigMap only the run's ServiceAccount may patch.
 Metrics go to a JSONL file, TensorBoard event files and a Prometheus endpoint (rank 0).
@@ -9,6 +9,7 @@ Metrics go to a JSONL file, TensorBoard event files and a Prometheus endpoint (r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import storage
+from ..core.progress import Alert, ProgressReport
 
-PROGRESS_VERSION = 1
 log = logging.getLogger("llmtrain.train")
 
 
@@ -52,47 +53,44 @@ def format_eta(seconds: float | None) -> str | None:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 class Reporter:
-    """Keeps the latest figures and pushes the progress report to the sinks, throttled."""
+    """Holds the latest `ProgressReport` and pushes it to the sinks: at most every `min_interval` seconds,
+    and at once when forced (lifecycle events, alerts, checkpoints). The first write is never held back."""
 
     def __init__(self, run: str, total_steps: int, sinks: list[ProgressSink], min_interval: float = 5.0) -> None:
         self.sinks, self.min_interval = sinks, min_interval
-        self.report: dict[str, Any] = {
-            "version": PROGRESS_VERSION,
-            "run": run,
-            "phase": "Running",
-            "step": 0,
-            "totalSteps": total_steps,
-            "tokensSeen": 0,
-            "loss": None,
-            "valLoss": None,
-            "perplexity": None,
-            "tokensPerSecond": None,
-            "mfu": None,
-            "eta": None,
-            "latestCheckpoint": None,
-            "bestCheckpoint": None,
-            "alerts": [],
-            "startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "updatedAt": None,
-        }
-        self._written = float("-inf")  # the first report is never throttled (monotonic time can start near 0)
+        self.report = ProgressReport(run=run, total_steps=total_steps, started_at=now_iso())
+        self._written: float | None = None  # monotonic time of the last write; None: never written
+
+    def record(self, **fields: Any) -> None:
+        """Change figures (`ProgressReport` field names) without writing: the next write carries them."""
+        self.report = dataclasses.replace(self.report, **fields)
 
     def update(self, force: bool = False, **fields: Any) -> None:
-        self.report.update(fields)
+        """Change figures and write the report when forced or when the throttle allows."""
+        self.record(**fields)
         now = time.monotonic()
-        if force or now - self._written >= self.min_interval:
-            self.report["updatedAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            for sink in self.sinks:
-                try:
-                    sink.write(self.report)
-                except OSError as exc:  # a report is never worth a failed run
-                    log.warning("progress report not written", extra={"error": str(exc)})
+        if force or self._written is None or now - self._written >= self.min_interval:
+            self._write()
             self._written = now
 
-    def alert(self, alert: dict[str, Any]) -> None:
-        self.report["alerts"] = (self.report["alerts"] + [alert])[-20:]
+    def alert(self, alert: Alert) -> None:
+        """Add an alert (the report keeps the last MAX_ALERTS) and write at once."""
+        self.report.add_alert(alert)
         self.update(force=True)
+
+    def _write(self) -> None:
+        self.report.updated_at = now_iso()
+        document = self.report.to_json()
+        for sink in self.sinks:
+            try:
+                sink.write(document)
+            except OSError as exc:  # a report is never worth a failed run
+                log.warning("progress report not written", extra={"error": str(exc)})
 
 
 class Metrics:

@@ -1,4 +1,5 @@
-"""Status, conditions, failure diagnosis and Events derived from Job/pod situations."""
+"""A TrainingRun: its children (the trainer Job, its RBAC, the grace period) and its status from the
+Job, its pods and the trainer's progress report: failures, restarts, waiting, timeouts, suspension, stalls."""
 
 from __future__ import annotations
 
@@ -7,76 +8,87 @@ import json
 from datetime import timedelta
 
 import pytest
-import yaml
 
-from llmtrain.api.manifests import read_documents
-from llmtrain.core import Observed
-from llmtrain.core import reconcile as core_reconcile
+from llmtrain.core import Observed, trainingrun
 from llmtrain.core.conditions import get_condition
-from llmtrain.core.status import progress_only
-from support.apiserver import admit
-from support.paths import ROOT
-from support.resources import EXAMPLES, NOW, ready, stored
+from support.plans import failed, plan_objects, pod, reconcile, run_with_status, terminated
+from support.resources import NOW, ready
 
-CRDS = {d["spec"]["names"]["kind"]: d for d in (yaml.safe_load(p.read_text()) for p in (ROOT / "crds").glob("*.yaml"))}
+VERSIONS = ["1.29", "1.35"]
 
 
-def reconcile(body, observed, ctx, now):
-    """The core's plan, with its status checked against the CRD as the API server would (no drift)."""
-    plan = core_reconcile(body, observed, ctx, now)
-    errors = admit(CRDS[body["kind"]], {**body, "status": plan.status})
-    assert errors == [], errors
-    return plan
-
-
-def desired_job(body, ctx, deps=None):
-    plan = reconcile(body, Observed(dependencies=deps or {}), ctx, NOW)
-    job = copy.deepcopy(next(a.object for a in plan.actions if a.object["kind"] == "Job"))
-    job["metadata"].update(uid="job-uid", creationTimestamp="2026-11-26T11:50:00Z")
-    job["status"] = {"startTime": "2026-11-26T11:50:00Z"}
-    return job
-
-
-def pod(job, index=0, phase="Running", **status):
-    return {
-        "metadata": {
-            "name": f"{job['metadata']['name']}-{index}-abcde",
-            "labels": {
-                "batch.kubernetes.io/job-name": job["metadata"]["name"],
-                "batch.kubernetes.io/controller-uid": "job-uid",
-            },
-            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
-            "creationTimestamp": "2026-11-26T11:51:00Z",
-        },
-        "status": {"phase": phase, **status},
+def test_trainer_job_wires_torchrun_rendezvous_gpus_and_failure_policy(bodies, cluster):
+    run = copy.deepcopy(bodies["TrainingRun"])
+    run["spec"]["resources"].update(
+        nodes=4,
+        gpusPerNode=8,
+        nodeSelector={"pool": "h100"},
+        tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
+    run["spec"].update(maxRestarts=2, activeDeadlineSeconds=86400, queueName="research")
+    objects = {
+        (o["kind"], o["metadata"]["name"]): o
+        for o in plan_objects(run, cluster, dependencies={("DataSource", "shakespeare"): ready(bodies["DataSource"])})
     }
+    job = objects[("Job", "tiny-llama-train")]
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    trainer = pod["containers"][0]
+    assert spec["completions"] == spec["parallelism"] == 4 and spec["completionMode"] == "Indexed"
+    assert spec["backoffLimit"] == 8 and spec["activeDeadlineSeconds"] == 86400
+    assert spec["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "research"
+    assert trainer["command"] == ["llmtrain", "launch", "--"]
+    assert "--nnodes=4" in trainer["args"] and "--nproc-per-node=8" in trainer["args"]
+    assert "--node-rank=$(JOB_COMPLETION_INDEX)" in trainer["args"]
+    env = {e["name"]: e for e in trainer["env"]}
+    assert env["LLMTRAIN_MASTER_ADDR"]["value"] == "tiny-llama-train-0.tiny-llama-train"
+    assert "job-completion-index" in env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert pod["subdomain"] == "tiny-llama-train" and pod["nodeSelector"] == {"pool": "h100"}
+    assert pod["tolerations"][0]["key"] == "gpu"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    service = objects[("Service", "tiny-llama-train")]["spec"]
+    assert service["clusterIP"] == "None" and service["publishNotReadyAddresses"] is True
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2, 3]
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert trainer["envFrom"] == [{"secretRef": {"name": "llmtrain-storage", "optional": False}}]
 
 
-def terminated(code, reason="Error", message=None):
-    state = {"exitCode": code, "reason": reason, "finishedAt": "2026-11-26T11:55:00Z"}
-    if message is not None:
-        state["message"] = message
-    return {"containerStatuses": [{"name": "trainer", "state": {"terminated": state}}]}
-
-
-def failed(job, reason):
-    job = copy.deepcopy(job)
-    job["status"]["conditions"] = [{"type": "Failed", "status": "True", "reason": reason}]
-    return job
-
-
-@pytest.fixture
-def run_world(bodies, cluster):
-    deps = {("DataSource", "shakespeare"): ready(bodies["DataSource"])}
-    job = desired_job(bodies["TrainingRun"], cluster, deps)
-
-    def observe(job=job, pods=(), progress=None, body=None):
-        obs = Observed(
-            children={("Job", job["metadata"]["name"]): job}, pods=list(pods), dependencies=deps, progress=progress
+def test_progress_is_writable_only_through_the_runs_own_account(bodies, cluster):
+    objects = {
+        (o["kind"], o["metadata"]["name"]): o
+        for o in plan_objects(
+            bodies["TrainingRun"], cluster, dependencies={("DataSource", "shakespeare"): ready(bodies["DataSource"])}
         )
-        return reconcile(body or bodies["TrainingRun"], obs, cluster, NOW)
+    }
+    role = objects[("Role", "tiny-llama-trainer")]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["tiny-llama-progress"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    binding = objects[("RoleBinding", "tiny-llama-trainer")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tiny-llama-trainer", "namespace": "team-a"}]
+    pod = objects[("Job", "tiny-llama-train")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "tiny-llama-trainer"
 
-    return job, observe
+
+def test_grace_period_covers_a_checkpoint_save(bodies):
+    from llmtrain.api import DataSource, TrainingRun
+
+    run = TrainingRun.model_validate(bodies["TrainingRun"])
+    source = DataSource.model_validate(bodies["DataSource"])
+    assert trainingrun.grace_seconds(run, source.spec.tokenizer.vocab_size) >= 120
+    big = copy.deepcopy(bodies["TrainingRun"])
+    big["spec"]["model"].update(
+        layers=32, hiddenSize=4096, heads=32, kvHeads=8, intermediateSize=14336, tieEmbeddings=False
+    )
+    params = trainingrun.parameters(TrainingRun.model_validate(big), 128256)
+    assert 7.9e9 < params < 8.1e9  # Llama-3-8B's shape
+    assert 590 < trainingrun.grace_seconds(TrainingRun.model_validate(big), 128256) < 620  # 96 GB at 0.2 GB/s + 120 s
 
 
 def test_trainingrun_waits_for_its_datasource(bodies, cluster):
@@ -219,32 +231,6 @@ def test_spec_change_replaces_the_job_and_finished_runs_stay_finished(run_world,
     assert plan.actions == [] and plan.status == done["status"]  # its Job vanished (TTL): not rerun
 
 
-def test_children_that_lost_the_operators_labels_get_them_back(bodies, cluster):
-    """The operator finds its children by their labels (its watches select on them): a label removed or
-    changed is put back, data left alone; labels others added are no drift."""
-    deps = {("DataSource", "shakespeare"): ready(bodies["DataSource"])}
-    body = bodies["TrainingRun"]
-    created = [a.object for a in reconcile(body, Observed(dependencies=deps), cluster, NOW).actions]
-    children = {(o["kind"], o["metadata"]["name"]): copy.deepcopy(o) for o in created}
-    for child in children.values():
-        child["metadata"]["labels"]["argocd.argoproj.io/instance"] = "someone-elses"
-    plan = reconcile(body, Observed(children=copy.deepcopy(children), dependencies=deps), cluster, NOW)
-    assert plan.actions == []
-    managed = "app.kubernetes.io/managed-by"
-    for child in children.values():
-        del child["metadata"]["labels"][managed]
-    plan = reconcile(body, Observed(children=children, dependencies=deps), cluster, NOW)
-    verbs = {a.key: (a.verb, a.patch) for a in plan.actions}
-    assert verbs.pop(("Job", "tiny-llama-train")) == ("patch", {"metadata": {"labels": {managed: "llmtrain-operator"}}})
-    assert verbs.pop(("ConfigMap", "tiny-llama-progress")) == (
-        "patch",
-        {"metadata": {"labels": {managed: "llmtrain-operator"}}},
-    )  # the trainer's data is not overwritten
-    replaced = [("ConfigMap", "tiny-llama-train-spec"), ("ServiceAccount", "tiny-llama-trainer")]
-    replaced += [("Role", "tiny-llama-trainer"), ("RoleBinding", "tiny-llama-trainer"), ("Service", "tiny-llama-train")]
-    assert verbs == dict.fromkeys(replaced, ("update", None))
-
-
 def test_a_completed_trainer_ran_every_step_even_if_its_last_report_was_lost(run_world, bodies):
     job, observe = run_world
     total = bodies["TrainingRun"]["spec"]["training"]["maxSteps"]
@@ -275,51 +261,31 @@ def test_stalled_run_raises_a_critical_alert(run_world):
         "startTime": "2026-11-26T11:00:00Z",
         "lastProgressTime": (NOW - timedelta(seconds=400)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    plan = observe(pods=[pod(job)], progress={"version": 1, "step": 50}, body=_with_status(old))
+    plan = observe(pods=[pod(job)], progress={"version": 1, "step": 50}, body=run_with_status(old))
     assert get_condition(plan.status["conditions"], "Stalled")["status"] == "True"
     assert plan.status["alerts"][-1]["type"] == "Stalled" and plan.status["alerts"][-1]["severity"] == "critical"
     assert "Stalled" in [e.reason for e in plan.events]
+    assert plan.requeue_after is None  # stalled already: the next step (an event) clears it
 
 
-def _with_status(status):
-    body = stored(read_documents(EXAMPLES / "run.yaml")[1], 1)
-    body["status"] = status
-    return body
-
-
-def test_datasource_and_export_success_read_the_termination_report(bodies, cluster):
-    ds = bodies["DataSource"]
-    job = desired_job(ds, cluster)
-    job["status"]["conditions"] = [{"type": "Complete", "status": "True"}]
-    report = {
-        "stats": {"documentsOut": 12, "tokensTrain": 425450, "dedupPercent": 0.0, "seconds": {"scan": 1}},
-        "tokenizer": "s3://models/llmtrain/team-a/datasources/shakespeare/tokenizer",
+def test_the_plan_says_when_a_stall_would_fall_due(run_world):
+    job, observe = run_world
+    old = {
+        "phase": "Running",
+        "step": 50,
+        "startTime": "2026-11-26T11:00:00Z",
+        "lastProgressTime": (NOW - timedelta(seconds=100)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    done = pod(job, phase="Succeeded", **terminated(0, "Completed", json.dumps(report)))
-    plan = reconcile(ds, Observed(children={("Job", "shakespeare-ingest"): job}, pods=[done]), cluster, NOW)
-    status = plan.status
-    assert status["phase"] == "Succeeded" and status["stats"] == {
-        "documentsOut": 12,
-        "tokensTrain": 425450,
-        "dedupPercent": 0.0,
-    }
-    assert get_condition(status["conditions"], "Ready")["status"] == "True"
-    assert status["shardsUri"] == "s3://models/llmtrain/team-a/datasources/shakespeare"
+    plan = observe(pods=[pod(job)], progress={"version": 1, "step": 50}, body=run_with_status(old))
+    assert get_condition(plan.status["conditions"], "Stalled")["status"] == "False"
+    assert plan.requeue_after == pytest.approx(300 - 100 + 1)  # alerts.stallSeconds 300, a second of slack
 
 
-def test_export_waits_for_the_run_to_finish(bodies, cluster):
-    run = copy.deepcopy(bodies["TrainingRun"])
-    run["status"] = {"phase": "Running", "progress": "120/300", "latestCheckpoint": {"step": 100, "uri": "x"}}
-    deps = {("TrainingRun", "tiny-llama"): run, ("DataSource", "shakespeare"): ready(bodies["DataSource"])}
-    plan = reconcile(bodies["ModelExport"], Observed(dependencies=deps), cluster, NOW)
-    assert plan.actions == [] and "120/300" in plan.status["message"]
-    run["status"]["phase"] = "Failed"
-    plan = reconcile(bodies["ModelExport"], Observed(dependencies=deps), cluster, NOW)
-    assert get_condition(plan.status["conditions"], "Succeeded")["reason"] == "TrainingRunFailed"
-
-
-def test_only_progress_figures_are_throttled():
-    old = {"phase": "Running", "step": 10, "loss": 5.0, "conditions": []}
-    assert progress_only(old, {**old, "step": 11, "loss": 4.9})
-    assert not progress_only(old, {**old, "latestCheckpoint": {"step": 10, "uri": "x"}})
-    assert not progress_only(old, {**old, "phase": "Succeeded"})
+def test_the_plan_says_when_a_pending_timeout_would_fall_due(run_world, bodies):
+    job, observe = run_world
+    body = copy.deepcopy(bodies["TrainingRun"])
+    body["spec"]["pendingTimeoutSeconds"] = 900  # the Job started 10 minutes before NOW
+    plan = observe(pods=[pod(job, phase="Pending")], body=body)
+    assert plan.status["phase"] == "Pending" and not [a for a in plan.actions if a.verb == "delete"]
+    assert plan.requeue_after == pytest.approx(900 - 600 + 1)
+    assert observe(pods=[pod(job, phase="Pending")]).requeue_after is None  # no timeout: nothing falls due

@@ -1,0 +1,146 @@
+"""A DataSource: its children (spec ConfigMap, ingest Job, merge Job), its status (stats, where the
+tokenizer and shards are), and the reconcile that ties them together. A DataSource depends on nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from ..api import DataSource
+from . import children, jobs, naming, pods, uris
+from .conditions import is_true
+from .context import Context
+from .plan import ChildKey, Observed, Outcome
+from .status import StatusBuilder
+
+KIND = "DataSource"
+#: The ingest report's figures the status keeps (`status.stats`).
+STATS_FIELDS = (
+    "inputs",
+    "documentsIn",
+    "documentsOut",
+    "bytesIn",
+    "rejected",
+    "repaired",
+    "duplicatesExact",
+    "duplicatesNear",
+    "dedupPercent",
+    "tokensTrain",
+    "tokensValidation",
+)
+
+
+@dataclass
+class Children:
+    """The spec ConfigMap, the ingest Job (Indexed, `workers` pods) and, with workers > 1, the merge Job."""
+
+    spec: dict[str, Any] = field(metadata=children.child("ConfigMap", partial(naming.spec_configmap, KIND)))
+    ingest: dict[str, Any] = field(metadata=children.child("Job", naming.ingest_job))
+    merge: dict[str, Any] | None = field(default=None, metadata=children.child("Job", naming.merge_job))
+
+
+def child_keys(body: dict[str, Any]) -> list[ChildKey]:
+    return children.child_keys(Children, body["metadata"]["name"])
+
+
+def dependency_keys(body: dict[str, Any], found: dict[ChildKey, dict[str, Any]] | None = None) -> list[ChildKey]:
+    return []
+
+
+class Status(StatusBuilder):
+    SUMMARY = "Ready"
+
+    def ingested(self, report: dict[str, Any], output: str) -> None:
+        """Succeeded: the ingest report's stats, where the shards and the tokenizer are."""
+        stats = report.get("stats") or {}
+        stats = {k: stats[k] for k in STATS_FIELDS if k in stats}
+        self.status["stats"] = stats or self.status.get("stats") or {}
+        self.status["shardsUri"] = output
+        self.status["tokenizerUri"] = report.get("tokenizer") or f"{output.rstrip('/')}/tokenizer"
+        docs, tokens = stats.get("documentsOut"), stats.get("tokensTrain")
+        self.phase("Succeeded", "Ingested", f"{docs} documents, {tokens} training tokens at {output}")
+
+
+def build(body: dict[str, Any], source: DataSource, ctx: Context) -> Children:
+    """The spec ConfigMap and the ingest Job; with workers > 1, the merge Job once every part is done."""
+    namespace = body["metadata"]["namespace"]
+    uris.check_sources(source, ctx)
+    output = uris.dataset_uri(source, namespace, ctx)
+    labels = naming.labels(KIND, source.name, "ingest")
+    configmap = children.spec_configmap(body, [children.document(source, namespace)], labels, ctx)
+    claims = sorted(set(uris.source_claims(source)) | set(uris.claims([output])))
+    vols, mounts = pods.volumes(configmap["metadata"]["name"], claims, uris.secret_names(source))
+    base = ["ingest", "-f", f"{pods.SPEC_DIR}/{naming.SPEC_KEY}", "--name", source.name, "--output", output]
+    if ctx.local and ctx.base_dir:
+        base += ["--base-dir", ctx.base_dir]
+    amounts = pods.resources(source.spec.resources.cpu, source.spec.resources.memory)
+
+    def ingest_job(name: str, args: list[str], completions: int, env_extra: list[dict[str, Any]]) -> dict:
+        env = pods.env(ctx, pods.ingest_env(ctx)) + env_extra
+        container = pods.container("ingest", ctx, source.spec.image, ["llmtrain"], args, env, mounts, amounts)
+        spec = pods.pod_spec([container], vols, grace_seconds=60)
+        return children.job(
+            body,
+            name,
+            labels,
+            spec,
+            ctx,
+            container="ingest",
+            completions=completions,
+            backoff_limit=3 * completions,
+            inputs=configmap["data"],
+        )
+
+    workers = source.spec.workers
+    if workers == 1:
+        return Children(configmap, ingest_job(naming.ingest_job(source.name), base, 1, []))
+    part_args = [*base, "--shard-index", children.JOB_INDEX, "--shard-count", str(workers)]
+    merge_args = [*base, "--merge", "--shard-count", str(workers)]
+    return Children(
+        configmap,
+        ingest_job(naming.ingest_job(source.name), part_args, workers, [children.INDEX_ENV]),
+        ingest_job(naming.merge_job(source.name), merge_args, 1, []),
+    )
+
+
+def reconcile(
+    body: dict[str, Any], source: DataSource, observed: Observed, ctx: Context, status: Status, now: datetime
+) -> Outcome:
+    """Ingest, then merge the parts (workers > 1); Succeeded with the stats once the last Job completes."""
+    built = build(body, source, ctx)
+    sequence = [(built.ingest, source.spec.workers, "ingest (scan parts)" if built.merge else "ingest")]
+    if built.merge is not None:
+        sequence.append((built.merge, 1, "merge"))
+    desired, deletions, state = jobs.run_in_turn(status, sequence, observed)
+    if state == "Complete":
+        last = observed.children.get(("Job", sequence[-1][0]["metadata"]["name"]))
+        report = jobs.final_report(last, observed.pods) or {}
+        status.ingested(report, uris.dataset_uri(source, body["metadata"]["namespace"], ctx))
+    return Outcome([built.spec, *desired], deletions)
+
+
+def ready(observed: Observed, name: str, status: StatusBuilder, condition: str | None) -> dict[str, Any] | None:
+    """The DataSource a TrainingRun or ModelExport reads, when it is Ready; otherwise says on the
+    dependent's status what it waits for and returns None. `condition` (DataReady) mirrors readiness."""
+    found = observed.dependencies.get((KIND, name))
+    found_status = (found or {}).get("status") or {}
+    is_ready = found is not None and is_true(found_status.get("conditions"), "Ready")
+    if condition:
+        status.condition(
+            condition,
+            is_ready,
+            "DataSourceReady" if is_ready else "WaitingForDataSource",
+            "" if is_ready else f"DataSource {name} is not ready",
+        )
+    if is_ready:
+        return found
+    if found is None:
+        status.waiting_for("WaitingForDataSource", f"DataSource {name} does not exist yet")
+    elif found_status.get("phase") == "Failed":
+        status.waiting_for("DataSourceFailed", f"DataSource {name} failed: {found_status.get('message', '')}")
+    else:
+        phase = found_status.get("phase") or "new"
+        status.waiting_for("WaitingForDataSource", f"waiting for DataSource {name} ({phase})")
+    return None

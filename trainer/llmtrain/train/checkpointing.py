@@ -1,0 +1,129 @@
+"""The training loop's checkpoints: when to save, what a save records beside the weights, and who hears of it.
+
+The files, pointers and retention are `checkpoint.Checkpointer`'s; this decides when it writes: every
+`checkpointing.everySteps`, at the last step, before stopping (SIGTERM, `--stop-at-step`), and on
+divergence only while every weight is finite. Each save goes to the audit stream (`CheckpointSaved`) and
+the progress report (`latestCheckpoint`, `bestCheckpoint`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import logs, storage
+from ..core.progress import Alert, CheckpointRef
+from .anomalies import raised
+from .checkpoint import Checkpointer
+from .distributed import World, any_true
+from .progress import Reporter
+from .state import TrainState
+
+
+class CheckpointManager:
+    def __init__(
+        self,
+        checkpointer: Checkpointer,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: TrainState,
+        every_steps: int,
+        record: dict[str, Any],
+        progress: Reporter,
+        run: str,
+    ) -> None:
+        """`record`: what every meta.json carries besides the state (the seed, the model shape)."""
+        self.checkpointer, self.model, self.optimizer, self.state = checkpointer, model, optimizer, state
+        self.every_steps, self.record, self.progress, self.run = every_steps, record, progress, run
+        #: the step of the checkpoint this process saved or resumed from last: the state there is on disk
+        self.checkpointed_step: int | None = None
+
+    @property
+    def world(self) -> World:
+        return self.checkpointer.world
+
+    @property
+    def uri(self) -> str:
+        return self.checkpointer.uri
+
+    def should_save(self, step: int, last_step: bool = False, stopping: bool = False) -> bool:
+        """After the `step`-th completed step: every `everySteps`, at the last step, and before stopping."""
+        return step % self.every_steps == 0 or last_step or stopping
+
+    def save(self, step: int, *, last_step: bool = False, stopping: bool = False) -> bool:
+        """Save the state after `step` completed steps when `should_save` says so; whether it saved."""
+        if not self.should_save(step, last_step, stopping):
+            return False
+        self._save(step)
+        return True
+
+    def save_diverged(self, step: int) -> bool:
+        """On divergence: save with `diverged: true` only if every weight, on every rank, is finite (a
+        checkpoint of NaN weights is no good state: `latest` keeps naming the last good one). A divergence
+        in the step right after a checkpoint (or a resume) has its good state saved already."""
+        if step == self.checkpointed_step:
+            return True
+        if not weights_finite(self.model, self.world):
+            return False
+        self._save(step, diverged=True)
+        return True
+
+    def latest(self) -> str | None:
+        return self.checkpointer.latest()
+
+    def resume(self) -> list[Alert]:
+        """Load the newest complete checkpoint that verifies into the model, optimizer and state; the
+        `CheckpointSkipped` alerts for what was passed over (the operator shows them in status.alerts)."""
+        resumed = self.checkpointer.resume(self.model, self.optimizer, self.record["model"])
+        if self.world.is_main:
+            for reason in resumed.skipped:
+                logs.audit("CheckpointSkipped", run=self.run, checkpoints=self.uri, reason=reason)
+        if resumed.name:
+            meta = resumed.meta
+            self.state.step, self.state.tokens_seen = meta["step"], meta.get("tokensSeen", 0)
+            self.checkpointed_step = self.state.step
+            where = storage.join(self.uri, resumed.name)
+            logs.audit(
+                "Resumed",
+                run=self.run,
+                step=self.state.step,
+                checkpoint=where,
+                fromWorldSize=meta.get("worldSize"),
+                worldSize=self.world.size,
+            )
+            self.progress.record(
+                latest_checkpoint=CheckpointRef(self.state.step, where),
+                best_checkpoint=self._reference(self.checkpointer.best()),
+            )
+        origin = resumed.name or "step 0"
+        return [
+            raised("CheckpointSkipped", "warning", f"resumed from {origin}: {reason}", self.state.step)
+            for reason in resumed.skipped
+        ]
+
+    def _save(self, step: int, **extra: Any) -> None:
+        state = self.state
+        meta = {"tokensSeen": state.tokens_seen, **self.record, "loss": state.loss, "valLoss": state.val_loss}
+        saved = self.checkpointer.save(step, self.model, self.optimizer, {**meta, **extra})
+        self.checkpointed_step = step
+        if self.world.is_main:
+            logs.audit("CheckpointSaved", run=self.run, step=step, uri=saved.uri)
+            self.progress.update(
+                force=True,
+                latest_checkpoint=CheckpointRef(step, saved.uri, saved.time),
+                best_checkpoint=self._reference(saved.best),
+            )
+
+    def _reference(self, entry: tuple[str, dict[str, Any]] | None) -> CheckpointRef | None:
+        """The progress report's `bestCheckpoint` for a (name, meta.json) pair."""
+        if entry is None:
+            return None
+        name, meta = entry
+        return CheckpointRef(meta["step"], storage.join(self.uri, name), val_loss=meta["valLoss"])
+
+
+def weights_finite(model: torch.nn.Module, world: World) -> bool:
+    """Whether every weight, on every rank, is finite."""
+    local = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()) for p in model.parameters())
+    return not any_true(not local, world)

@@ -1,0 +1,50 @@
+"""Validation: when (every `validation.everySteps` and at the last step) and the figures it returns."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..model.llama import Llama
+from .distributed import World
+from .step import MicroBatches
+
+
+class Validator:
+    """Measures the model on fixed validation batches (this rank's share); never validates without any."""
+
+    def __init__(self, model: Llama, batches: MicroBatches, every_steps: int, world: World) -> None:
+        self.model, self.batches, self.every_steps, self.world = model, batches, every_steps, world
+
+    def should_validate(self, step: int, last_step: bool = False) -> bool:
+        """After the `step`-th completed step: every `everySteps`, and at the last step."""
+        return bool(self.batches) and (step % self.every_steps == 0 or last_step)
+
+    def validate(self) -> dict[str, float]:
+        """`valLoss`, `perplexity` and `accuracy` (next token) over all ranks' batches; empty without tokens."""
+        return evaluate(self.model, self.batches, self.world)
+
+
+def evaluate(model: Llama, batches: MicroBatches, world: World) -> dict[str, float]:
+    """Mean validation loss, perplexity and next-token accuracy over all ranks' batches."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for inputs, targets in batches:
+            inputs, targets = inputs.to(world.device), targets.to(world.device)
+            logits = model(inputs).float()
+            loss = torch.nn.functional.cross_entropy(
+                logits.view(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+            )
+            totals += torch.tensor(
+                [loss.item(), (logits.argmax(-1) == targets).sum().item(), targets.numel()], dtype=torch.float64
+            )
+    model.train()
+    if world.distributed:
+        totals = totals.to(world.device) if world.device.type == "cuda" else totals
+        torch.distributed.all_reduce(totals)
+    if totals[2] == 0:
+        return {}
+    val_loss = float(totals[0] / totals[2])
+    return {"valLoss": val_loss, "perplexity": math.exp(min(val_loss, 50)), "accuracy": float(totals[1] / totals[2])}
