@@ -179,6 +179,29 @@ def read_bytes(uri: str, client: Any = None) -> bytes:
         return stream.read()
 
 
+def read_range(uri: str, start: int, length: int, client: Any = None) -> bytes:
+    """`length` bytes of the object from `start` (one ranged GET on S3); fewer only past its end."""
+    if length <= 0:
+        return b""
+    if not is_s3(uri):
+        try:
+            with local_path(uri).open("rb") as handle:
+                handle.seek(start)
+                return handle.read(length)
+        except OSError as exc:
+            raise StorageError(f"{uri}: {exc.strerror}") from exc
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    byte_range = f"bytes={start}-{start + length - 1}"
+    try:
+        body = (client or s3_client()).get_object(Bucket=bucket, Key=key, Range=byte_range)["Body"]
+        with contextlib.closing(body):
+            return body.read()
+    except (ClientError, BotoCoreError) as exc:
+        raise s3_error(uri, exc) from exc
+
+
 def exists(uri: str, client: Any = None) -> bool:
     if is_s3(uri):
         from botocore.exceptions import BotoCoreError, ClientError

@@ -307,12 +307,18 @@ def encodable(text: str) -> bool:
 
 
 def iter_parquet(
-    stream: IO[bytes], text_field: str, name: str, limit: int, budget: ExpansionBudget
+    stream: IO[bytes],
+    text_field: str,
+    name: str,
+    limit: int,
+    budget: ExpansionBudget,
+    row_groups: tuple[int, int] | None = None,
 ) -> Iterator[Raw | Rejected]:
     """Documents of one parquet column, batch by batch (spooled to disk when not seekable, within the
-    input's budget). Column chunks that claim to expand past the budget are refused before they are
-    read; values are taken one at a time out of the batch's dictionary, so none larger than `limit` is
-    ever copied into a Python string and repetition costs no memory."""
+    input's budget), of every row group or of row groups `[first, last)` only. Column chunks that claim
+    to expand past the budget are refused before they are read; values are taken one at a time out of
+    the batch's dictionary, so none larger than `limit` is ever copied into a Python string and
+    repetition costs no memory."""
     import pyarrow.parquet as pq
 
     with tempfile.TemporaryFile() as spool:
@@ -329,18 +335,18 @@ def iter_parquet(
                 f"{name}: parquet file has no column {text_field!r} (columns: {', '.join(columns)}); set spec.textField"
             )
         parquet = pq.ParquetFile(spool, read_dictionary=[text_field])
-        _check_column_chunks(parquet, text_field, budget, size)
-        for batch in parquet.iter_batches(columns=[text_field], batch_size=256):
+        groups = list(range(*(row_groups or (0, parquet.metadata.num_row_groups))))
+        _check_column_chunks(parquet, text_field, budget, size, groups)
+        for batch in parquet.iter_batches(columns=[text_field], batch_size=256, row_groups=groups):
             yield from column_documents(batch.column(0), limit, budget)
 
 
-def _check_column_chunks(parquet: Any, text_field: str, budget: ExpansionBudget, size: int) -> None:
-    """Refuse, from the metadata alone, a file whose text column decompresses past the budget."""
+def _check_column_chunks(parquet: Any, text_field: str, budget: ExpansionBudget, size: int, groups: list[int]) -> None:
+    """Refuse, from the metadata alone, a file whose text column (in the row groups read) decompresses
+    past the budget."""
     metadata = parquet.metadata
     leaves = [j for j in range(metadata.num_columns) if metadata.schema.column(j).path.split(".")[0] == text_field]
-    total = sum(
-        metadata.row_group(i).column(j).total_uncompressed_size for i in range(metadata.num_row_groups) for j in leaves
-    )
+    total = sum(metadata.row_group(i).column(j).total_uncompressed_size for i in groups for j in leaves)
     budget.check(max(total, size), f"column {text_field!r} decompresses")
 
 
@@ -370,19 +376,28 @@ def column_documents(column: Any, limit: int, budget: ExpansionBudget) -> Iterat
 
 
 def iter_documents(
-    stream: IO[bytes], name: str, fmt: str, text_field: str, txt_unit: str, limit: int
+    stream: IO[bytes],
+    name: str,
+    fmt: str,
+    text_field: str,
+    txt_unit: str,
+    limit: int,
+    plain: bool = False,
+    row_groups: tuple[int, int] | None = None,
 ) -> Iterator[Raw | Rejected]:
     """Documents of one input; a corrupt, truncated or over-expanding input raises InputError at that
-    point (what came before is kept)."""
+    point (what came before is kept). `plain`: a byte range of a file already known to be uncompressed
+    UTF-8 (`units.py`), read as it is: its first bytes are a record's, not the file's magic or BOM.
+    `row_groups`: of a parquet file, only row groups `[first, last)`."""
     try:
-        source, budget = decompressed(stream, name)
+        source, budget = (stream, ExpansionBudget.of_stored_size(name, 0)) if plain else decompressed(stream, name)
         kind = format_of(name, fmt)
         if kind == "parquet":
-            yield from iter_parquet(source, text_field, name, limit, budget)
+            yield from iter_parquet(source, text_field, name, limit, budget, row_groups)
         elif kind == "jsonl":
-            yield from iter_jsonl(as_utf8(source), text_field, limit)
+            yield from iter_jsonl(source if plain else as_utf8(source), text_field, limit)
         else:
-            yield from iter_txt(as_utf8(source), txt_unit, limit)
+            yield from iter_txt(source if plain else as_utf8(source), txt_unit, limit)
     except (InputError, BadSpec, StorageError):
         raise  # counted by the caller; a bad spec or a failed store is never skipped
     except EOFError as exc:

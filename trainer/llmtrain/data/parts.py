@@ -31,10 +31,13 @@ def part_uri(output: str, index: int, count: int) -> str:
 class PartWriter:
     """Writes one part into a local staging directory; `publish` puts it in place, DONE last."""
 
-    def __init__(self, staging: Path) -> None:
+    def __init__(self, staging: Path, signature_width: int = 0) -> None:
+        """`signature_width`: MinHash permutations per signature (0 without MinHash), so that an empty
+        part's signatures have the same width as every other part's."""
         import zstandard
 
         self.staging = staging
+        self.signature_width = signature_width
         staging.mkdir(parents=True, exist_ok=True)
         self._file = (staging / "docs.zst").open("wb")
         self._stream = zstandard.ZstdCompressor(level=1).stream_writer(self._file)
@@ -66,7 +69,11 @@ class PartWriter:
         self._stream.close()
         self._shingles.close()
         hashes = np.array(self.hashes, dtype=np.uint64).reshape(-1, 2)
-        signatures = np.stack(self.signatures) if self.signatures else np.zeros((len(self.hashes), 0), dtype=np.uint32)
+        signatures = (
+            np.stack(self.signatures)
+            if self.signatures
+            else np.zeros((len(self.hashes), self.signature_width), dtype=np.uint32)
+        )
         np.savez(
             self.staging / "index.npz",
             hashes=hashes,

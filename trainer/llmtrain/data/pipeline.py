@@ -1,9 +1,11 @@
 """The ingest pipeline: scan (read, decode, normalize, filter, hash) in parts, then merge (dedup,
 tokenizer, shards, manifest).
 
-- `scan_part` handles inputs `i::n` of the sorted input list and publishes a part (`parts.py`). N
-  workers on one machine (`--workers`) or N pods of an Indexed Job (`--shard-index/--shard-count`)
-  each scan one part; a finished part (DONE with the same spec hash) is not scanned again.
+- `scan_part` reads part `i` of `n`: a contiguous run of units (whole inputs, record-aligned byte
+  ranges or parquet row groups of large ones: `units.py`), and publishes it (`parts.py`); a part may
+  be empty. N workers on one machine (`--workers`) or N pods of an Indexed Job
+  (`--shard-index/--shard-count`) each scan one part; a finished part (DONE with the same spec hash)
+  is not scanned again.
 - `merge` loads every part's hashes and signatures, removes exact and near duplicates (`dedup/`),
   trains the tokenizer on a hash-sampled subset of the train split, encodes the kept documents in
   batches and writes shards. The old manifest is deleted before the first shard is written and the
@@ -44,14 +46,14 @@ from .. import locking, logs, storage
 from ..api.datasource import DataSource, DataSourceSpec
 from ..errors import BadInput, MaybeRetryable, Retryable
 from ..pausepoints import pause_point
-from . import parts, tokenizer
+from . import parts, tokenizer, units
 from .dedup.exact import content_hash, first_occurrences
 from .dedup.lsh import near_duplicates
 from .dedup.minhash import MinHasher
 from .formats import InputError, Raw, Rejected
 from .normalize import Normalizer
 from .shards import ShardWriter, token_dtype, validation_mask
-from .sources import InputRef, list_inputs, read_input
+from .sources import list_inputs, read_input
 from .stats import Stats
 from .validate import Filter, decode
 
@@ -108,13 +110,16 @@ def _prefetch(items: Iterator[Any], size: int) -> Iterator[Any]:
         yield item
 
 
-def _documents(spec: DataSourceSpec, inputs: list[InputRef], stats: Stats) -> Iterator[tuple[str, Raw | Rejected]]:
-    """(input name, document) of every input in turn; an input that cannot be read on is counted."""
+def _documents(spec: DataSourceSpec, work: list[units.Unit], stats: Stats) -> Iterator[tuple[str, Raw | Rejected]]:
+    """(input name, document) of every unit in turn; a unit that cannot be read on is counted. An input
+    is counted once, by its first unit."""
     limit = spec.validation.max_chars * 4
-    for ref in inputs:
-        stats.inputs += 1
+    for unit in work:
+        ref = unit.input
+        if unit.start == 0:
+            stats.inputs += 1
         try:
-            for item in read_input(ref, spec, limit):
+            for item in read_input(ref, spec, limit, unit.byte_range, unit.row_group_range):
                 yield ref.uri, item
         except InputError as exc:
             stats.rejected[exc.reason] += 1
@@ -188,17 +193,17 @@ class _Cleaner:
             )
 
 
-def scan_part(spec_wire: dict[str, Any], inputs: list[InputRef], uri: str, base_dir: str) -> dict[str, Any]:
-    """Scan `inputs` into the part at `uri`; returns the part's stats. (A process-pool entry point.)"""
+def scan_part(spec_wire: dict[str, Any], work: list[units.Unit], uri: str, base_dir: str) -> dict[str, Any]:
+    """Scan the units `work` into the part at `uri`; returns the part's stats. (A process-pool entry point.)"""
     logs.setup()
     spec = DataSourceSpec.model_validate(spec_wire)
     started = time.monotonic()
     stats = Stats()
     clean = _Cleaner(spec, stats)
     with tempfile.TemporaryDirectory(prefix="llmtrain-part-") as staging:
-        writer = parts.PartWriter(Path(staging))
+        writer = parts.PartWriter(Path(staging), spec.dedup.minhash.num_perm if spec.dedup.minhash.enabled else 0)
         progress = logs.Progress(f"scan {uri.rsplit('/', 1)[-1]}")
-        for name, item in _prefetch(_documents(spec, inputs, stats), PREFETCH_DOCUMENTS):
+        for name, item in _prefetch(_documents(spec, work, stats), PREFETCH_DOCUMENTS):
             stats.documents_in += 1
             progress.advance()
             if isinstance(item, Rejected):
@@ -239,7 +244,8 @@ def scan(
     digest = spec_hash(spec)
     uris = [parts.part_uri(output, i, count) for i in range(count)]
     todo = [i for i in (range(count) if index is None else [index]) if not _part_is_current(uris[i], digest)]
-    jobs = [(spec.to_wire(), inputs[i::count], uris[i], str(base_dir)) for i in todo]
+    divided = units.divide(spec, inputs, count) if todo else []
+    jobs = [(spec.to_wire(), divided[i], uris[i], str(base_dir)) for i in todo]
     if len(jobs) > 1 and workers > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("fork")) as pool:
             list(pool.map(scan_part, *zip(*jobs, strict=True)))
@@ -342,7 +348,7 @@ def _deduplicate(spec: DataSourceSpec, readers: list[parts.PartReader], hashes: 
     stats.duplicates_exact = int(len(hashes) - keep.sum())
     minhash = spec.dedup.minhash
     if minhash.enabled and len(hashes):
-        signatures = np.concatenate([r.signatures for r in readers])
+        signatures = np.concatenate([r.signatures for r in readers if len(r.hashes)])  # an empty part adds none
         store = parts.ShingleStore(readers)
         near = near_duplicates(signatures, hashes[:, 0], minhash.bands, minhash.threshold, keep, store.similarity)
         keep &= ~near

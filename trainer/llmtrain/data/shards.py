@@ -2,7 +2,8 @@
 
 Documents are concatenated, each followed by eos. A shard holds exactly `shard_tokens` tokens (the
 last one fewer); it is written to a local staging file, then put in place atomically, then listed in
-the manifest, which is written last.
+the manifest, which is written last. Besides the shard's SHA-256, the manifest lists one SHA-256 per
+`BLOCK_BYTES` block of it, so a reader fetching byte ranges can verify what it fetched.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from .. import storage
 
 _SPLIT_MIX = np.uint64(0x9E3779B97F4A7C15)
+BLOCK_BYTES = 4 << 20  # the unit a trainer fetches from S3 and verifies (`train/shard_cache.py`)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -38,9 +40,43 @@ class ShardInfo:
     path: str  # relative to the dataset root
     tokens: int
     sha256: str
+    block_sha256: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "tokens": self.tokens, "sha256": self.sha256}
+        return {
+            "path": self.path,
+            "tokens": self.tokens,
+            "sha256": self.sha256,
+            "blockSize": BLOCK_BYTES,
+            "blockSha256": self.block_sha256,
+        }
+
+
+class BlockHashes:
+    """SHA-256 of every `BLOCK_BYTES` block of a byte stream fed in pieces of any size."""
+
+    def __init__(self) -> None:
+        self.digests: list[str] = []
+        self._hash = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(data)
+        while len(view):
+            piece, view = view[: BLOCK_BYTES - self._filled], view[BLOCK_BYTES - self._filled :]
+            self._hash.update(piece)
+            self._filled += len(piece)
+            if self._filled == BLOCK_BYTES:
+                self._close_block()
+
+    def finish(self) -> list[str]:
+        if self._filled:
+            self._close_block()
+        return self.digests
+
+    def _close_block(self) -> None:
+        self.digests.append(self._hash.hexdigest())
+        self._hash, self._filled = hashlib.sha256(), 0
 
 
 class ShardWriter:
@@ -53,6 +89,7 @@ class ShardWriter:
         self.documents = 0
         self._handle: Any = None
         self._hash: Any = None
+        self._blocks = BlockHashes()
         self._filled = 0
 
     @property
@@ -67,13 +104,14 @@ class ShardWriter:
         self._path = self.staging / f"{self.split}-{len(self.shards):05d}.bin"
         self._handle = self._path.open("wb")
         self._hash = hashlib.sha256()
+        self._blocks = BlockHashes()
         self._filled = 0
 
     def _finish(self) -> None:
         self._handle.close()
         relative = self._relative(len(self.shards))
         storage.upload_file(self._path, storage.join(self.root_uri, relative), move=True)
-        self.shards.append(ShardInfo(relative, self._filled, self._hash.hexdigest()))
+        self.shards.append(ShardInfo(relative, self._filled, self._hash.hexdigest(), self._blocks.finish()))
         self._handle = None
         self._filled = 0
 
@@ -88,6 +126,7 @@ class ShardWriter:
             data = chunk.tobytes()
             self._handle.write(data)
             self._hash.update(data)
+            self._blocks.update(data)
             self._filled += len(chunk)
             if self._filled == self.shard_tokens:
                 self._finish()

@@ -13,11 +13,18 @@ from . import distributed
 from .distributed import World
 from .loader import Batches, DataError, Dataset
 from .precision import Precision
+from .remote_data import RemoteDataset
+from .shard_cache import BlockCache, budget_from_env
 
 
 def open_dataset(uri: str, cache: Path, world: World) -> Dataset:
-    """The dataset (an `s3://` one copied to the cache first), its shards checked against manifest.json."""
-    dataset = Dataset.open(storage.local_dataset(uri, cache))
+    """The dataset, its shards checked against manifest.json: a local or `pvc://` one memory-mapped in
+    place, an `s3://` one read in blocks through the node's shared cache under `cache/shards`."""
+    if storage.is_s3(uri):
+        blocks = BlockCache(cache / "shards", budget_from_env(), stats_name=f"rank-{world.rank}")
+        dataset: Dataset = RemoteDataset.open_remote(uri, blocks)
+    else:
+        dataset = Dataset.open(storage.local_path(uri))
     _verify_shards(dataset, world)
     dataset.check_token_range()
     return dataset
@@ -31,7 +38,9 @@ def _verify_shards(dataset: Dataset, world: World) -> None:
     except DataError as exc:
         problem = exc
     if not distributed.all_true(problem is None, world):
-        raise problem or DataError(f"{dataset.root}: a dataset shard does not match manifest.json (another rank's log)")
+        raise problem or DataError(
+            f"{dataset.location}: a dataset shard does not match manifest.json (another rank's log)"
+        )
 
 
 def model_config(run: TrainingRun, dataset: Dataset) -> LlamaConfig:

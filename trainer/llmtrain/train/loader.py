@@ -1,4 +1,5 @@
-"""Batches from the token shards: memory-mapped, deterministic by (seed, step), sharded by rank.
+"""Batches from the token shards (memory-mapped, or read through the S3 block cache): deterministic by
+(seed, step), sharded by rank.
 
 The sequence windows of step s are drawn from a Philox stream keyed by (seed, s): the global batch
 of a step is the same whatever happened before, so the data position is the step itself and resume
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -42,16 +44,24 @@ class Dataset:
     def vocab_size(self) -> int:
         return int(self.manifest["tokenizer"]["vocabSize"])
 
+    @property
+    def location(self) -> str:
+        """Where the dataset is, as messages name it."""
+        return str(self.root)
+
     def check_token_range(self) -> None:
         """Every sampled token id must be below the vocabulary size (shards and tokenizer belong together)."""
         for split in ("train", "validation"):
-            for array in self.stream(split).arrays:
-                sample = array[: 1 << 20]
+            for sample in self.token_samples(split):
                 if len(sample) and int(sample.max()) >= self.vocab_size:
                     raise DataError(
-                        f"{self.root}: {split} shards hold token id {int(sample.max())}, but the tokenizer has"
+                        f"{self.location}: {split} shards hold token id {int(sample.max())}, but the tokenizer has"
                         f" {self.vocab_size} ids: shards and manifest come from different runs; rerun the DataSource"
                     )
+
+    def token_samples(self, split: str) -> list[np.ndarray]:
+        """The tokens `check_token_range` looks at: the first 2^20 of every shard."""
+        return [array[: 1 << 20] for array in self.stream(split).arrays]
 
     def shards(self) -> list[dict[str, Any]]:
         """The manifest's shards of both splits, in order."""
@@ -85,10 +95,19 @@ class Dataset:
         return TokenStream(arrays)
 
 
+class TokenArray(Protocol):
+    """What a stream reads of a shard: its length in tokens and contiguous slices (a memmap, or a remote
+    shard read through `shard_cache`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> np.ndarray: ...
+
+
 class TokenStream:
     """Several shards read as one token sequence."""
 
-    def __init__(self, arrays: list[np.ndarray]) -> None:
+    def __init__(self, arrays: Sequence[TokenArray]) -> None:
         self.arrays = arrays
         self.offsets = np.cumsum([0] + [len(a) for a in arrays])
 

@@ -1,7 +1,7 @@
 """Sources: list the inputs of each `spec.sources[]` entry, then read each input's documents.
 
-Listing is deterministic (sources in spec order, inputs sorted by name) so N workers can split the
-inputs by index and a rerun sees the same order.
+Listing is deterministic (sources in spec order, inputs sorted by name) so N workers can divide the
+inputs (`units.py`) and a rerun sees the same order.
 """
 
 from __future__ import annotations
@@ -50,12 +50,22 @@ def list_inputs(spec: DataSourceSpec, base_dir: Path) -> list[InputRef]:
     return inputs
 
 
-def read_input(ref: InputRef, spec: DataSourceSpec, limit: int) -> Iterator[Raw | Rejected]:
-    """The documents of one input (raises formats.InputError for a corrupt input, SourceError when
-    the source fails)."""
+def read_input(
+    ref: InputRef,
+    spec: DataSourceSpec,
+    limit: int,
+    byte_range: tuple[int, int] | None = None,
+    row_groups: tuple[int, int] | None = None,
+) -> Iterator[Raw | Rejected]:
+    """The documents of one input; of a local or PVC file, only those of the records that begin in
+    `byte_range`, or of parquet row groups `row_groups` (`units.py`). Raises formats.InputError for a
+    corrupt input, SourceError when the source fails."""
+    from ..ranges import record_range
     from . import files, hf, http, s3, sql
 
     source = spec.sources[ref.source]
+    if (byte_range or row_groups) and source.local is None and source.pvc is None:
+        raise ValueError(f"{ref.uri}: only local and PVC files are read in ranges")
     if source.sql is not None:
         yield from sql.iter_rows(source.sql, limit)
         return
@@ -69,4 +79,10 @@ def read_input(ref: InputRef, spec: DataSourceSpec, limit: int) -> Iterator[Raw 
     else:
         opened = files.open_file(ref.uri, ref.root)
     with opened as stream:
-        yield from iter_documents(stream, ref.uri, spec.format, spec.text_field, spec.txt_unit, limit)
+        if byte_range is None:
+            yield from iter_documents(
+                stream, ref.uri, spec.format, spec.text_field, spec.txt_unit, limit, row_groups=row_groups
+            )
+            return
+        records = record_range(stream, *byte_range)
+        yield from iter_documents(records, ref.uri, spec.format, spec.text_field, spec.txt_unit, limit, plain=True)
