@@ -248,7 +248,7 @@ class SpecialTokens(ApiModel):
 
 
 class TokenizerSpec(ApiModel):
-    """The tokenizer trained on a sample of the cleaned corpus."""
+    """The tokenizer trained on a sample of the cleaned corpus, or an existing one (`from`)."""
 
     type: Literal["bpe", "wordpiece", "unigram"] = Field(
         default="bpe", description="bpe (byte-level), wordpiece, or unigram (SentencePiece)."
@@ -259,6 +259,14 @@ class TokenizerSpec(ApiModel):
     special_tokens: SpecialTokens = Field(default_factory=SpecialTokens, description="Special tokens.")
     train_sample_bytes: Annotated[int, Ge(1024)] = Field(
         default=256 * 1024**2, description="Bytes of text sampled to train the tokenizer."
+    )
+    from_uri: StorageUri | None = Field(
+        default=None,
+        alias="from",
+        description="Use this existing tokenizer instead of training one: a Hugging Face tokenizer.json (BPE or"
+        " WordPiece), a SentencePiece unigram .model, or a folder holding one (another DataSource's"
+        " <output>/tokenizer); s3://, pvc:// or (local runner) a path. type, vocabSize and specialTokens must"
+        " describe it (special tokens at ids 0-3); trainSampleBytes is not used.",
     )
 
 

@@ -71,6 +71,9 @@ def check_sources(source: DataSource, ctx: Context) -> None:
             )
         if item.huggingface is not None and is_local(item.huggingface.path):
             raise PlacementError(f"spec.sources[{index}].huggingface.path", "use pvc://<claim>/<path> in a cluster")
+    tokenizer_from = source.spec.tokenizer.from_uri
+    if tokenizer_from is not None and is_local(tokenizer_from):
+        raise PlacementError("spec.tokenizer.from", "a local path only works with `llmtrain run`; use pvc:// or s3://")
 
 
 def claims(uris: Iterable[str | None]) -> list[str]:
@@ -86,6 +89,7 @@ def source_claims(source: DataSource) -> list[str]:
             uris.append(f"pvc://{item.pvc.claim_name}")
         if item.huggingface is not None:
             uris.append(item.huggingface.path)
+    uris.append(source.spec.tokenizer.from_uri)
     return claims(uris)
 
 

@@ -7,11 +7,11 @@ tokenizer, shards, manifest).
   (`--shard-index/--shard-count`) each scan one part; a finished part (DONE with the same spec hash)
   is not scanned again.
 - `merge` loads every part's hashes and signatures, removes exact and near duplicates (`dedup/`),
-  trains the tokenizer on a hash-sampled subset of the train split, encodes the kept documents in
-  batches and writes shards. The old manifest is deleted before the first shard is written and the
-  new one is written last, so a manifest never points at partial data. Afterwards only the shards and
-  tokenizer files the previous manifest listed (and the new one does not) are deleted, never through a
-  symbolic link.
+  trains the tokenizer on a hash-sampled subset of the train split (or imports `spec.tokenizer.from`:
+  `imported_tokenizer.py`), encodes the kept documents in batches and writes shards. The old manifest
+  is deleted before the first shard is written and the new one is written last, so a manifest never
+  points at partial data. Afterwards only the shards and tokenizer files the previous manifest listed
+  (and the new one does not) are deleted, never through a symbolic link.
 - Writing an output (a whole ingest, or a merge) holds its lock (`locking.py`): a second writer exits
   75 naming the holder. Scan pods of an Indexed Job write disjoint parts and take no lock.
 The kept set is the same for any number of workers; shard bytes are identical for the same input and
@@ -46,7 +46,7 @@ from .. import locking, logs, storage
 from ..api.datasource import DataSource, DataSourceSpec
 from ..errors import BadInput, MaybeRetryable, Retryable
 from ..pausepoints import pause_point
-from . import parts, tokenizer, units
+from . import imported_tokenizer, parts, tokenizer, units
 from .dedup.exact import content_hash, first_occurrences
 from .dedup.lsh import near_duplicates
 from .dedup.minhash import MinHasher
@@ -290,7 +290,12 @@ def _batches(documents: Iterable[tuple[int, str]], max_bytes: int) -> Iterator[l
 
 
 def merge(
-    resource: DataSource, output: str, part_uris: list[str], stats: Stats, lock: locking.OutputLock | None = None
+    resource: DataSource,
+    output: str,
+    part_uris: list[str],
+    stats: Stats,
+    lock: locking.OutputLock | None = None,
+    base_dir: Path = Path("."),
 ) -> dict[str, Any]:
     """Dedup, tokenizer, shards and the manifest (written last, while `lock` is still held)."""
     pause_point("ingest-merge")  # the scan parts written, the shards not yet
@@ -299,7 +304,7 @@ def merge(
             raise storage.StorageError(f"{uri}: part not finished; scan it first", retryable=True)
     work = Path(tempfile.mkdtemp(prefix="llmtrain-merge-"))
     try:
-        return _merge(resource, output, part_uris, stats, work, lock)
+        return _merge(resource, output, part_uris, stats, work, lock, base_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -311,6 +316,7 @@ def _merge(
     stats: Stats,
     work: Path,
     lock: locking.OutputLock | None,
+    base_dir: Path,
 ) -> dict[str, Any]:
     spec = resource.spec
     readers = [parts.PartReader(uri, work) for uri in part_uris]
@@ -322,8 +328,12 @@ def _merge(
     validation = validation_mask(hashes, spec.split.validation_fraction, spec.split.seed)
 
     started = time.monotonic()
-    sample = _sample_mask(hashes, sizes, keep & ~validation, spec.tokenizer.train_sample_bytes)
-    trained = tokenizer.train(spec.tokenizer, (text for _, text in _select(readers, sample)))
+    if spec.tokenizer.from_uri is not None:
+        source = imported_tokenizer.resolve(spec.tokenizer.from_uri, base_dir)
+        trained = imported_tokenizer.load(spec.tokenizer, imported_tokenizer.fetch(source, work))
+    else:
+        sample = _sample_mask(hashes, sizes, keep & ~validation, spec.tokenizer.train_sample_bytes)
+        trained = tokenizer.train(spec.tokenizer, (text for _, text in _select(readers, sample)))
     stats.seconds["tokenizer"] = time.monotonic() - started
 
     previous = _previous_manifest(output)
@@ -333,6 +343,8 @@ def _merge(
         storage.upload_file(work / "tokenizer" / name, storage.join(output, "tokenizer", name))
     writers = _write_shards(spec, output, readers, keep, validation, trained, stats, work)
     manifest = _manifest(resource, trained, writers, stats)
+    if spec.tokenizer.from_uri is not None:
+        manifest["tokenizer"]["from"] = spec.tokenizer.from_uri
     pause_point("ingest-manifest")  # shards written, the manifest not yet
     if lock is not None:
         lock.check()
@@ -546,7 +558,7 @@ def ingest(
             else scan(resource, output, base_dir, workers, None, count)
         )
         stats = Stats()
-        manifest = merge(resource, output, uris, stats, lock)
+        manifest = merge(resource, output, uris, stats, lock, base_dir)
     stats.seconds["total"] = time.monotonic() - started
     report = {
         "name": resource.name,

@@ -43,6 +43,12 @@ class Tokenizer:
     def special_ids(self) -> dict[str, int]:
         return {name: index for index, name in enumerate(SPECIAL_ORDER)}
 
+    def vocabulary(self) -> dict[str, int]:
+        """Every token with its id."""
+        if self.kind == "unigram":
+            return {self._backend.id_to_piece(i): i for i in range(self._backend.get_piece_size())}
+        return dict(self._backend.get_vocab(with_added_tokens=True))
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, without special tokens; parallel across texts in native code."""
         if self.kind == "unigram":

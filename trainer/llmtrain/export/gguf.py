@@ -82,12 +82,29 @@ def _tokenizer(writer: Any, tokenizer_dir: Path) -> None:
             f"GGUF cannot carry a {meta['type']} tokenizer that llama.cpp reproduces exactly: use tokenizer.type"
             " bpe for GGUF exports (safetensors, ONNX and TorchScript take any tokenizer)"
         )
+    if reason := _not_gpt2_byte_level(json.loads((tokenizer_dir / "tokenizer.json").read_text())):
+        raise ExportError(
+            f"GGUF cannot carry this bpe tokenizer: {reason}, and llama.cpp's gpt2 tokenizer would split text"
+            " differently; GGUF needs a byte-level BPE with the GPT-2 pre-tokenizer (safetensors, ONNX and"
+            " TorchScript take any tokenizer)"
+        )
     _byte_level_bpe(writer, tokenizer_dir, set(ids.values()))
     writer.add_bos_token_id(ids["bos"])
     writer.add_eos_token_id(ids["eos"])
     writer.add_pad_token_id(ids["pad"])
     writer.add_unk_token_id(ids["unk"])
     writer.add_add_bos_token(False)
+
+
+def _not_gpt2_byte_level(spec: dict[str, Any]) -> str | None:
+    """Why a tokenizer.json (an imported one: `spec.tokenizer.from`) is not the byte-level BPE with the
+    GPT-2 regex that llama.cpp's `gpt-2` pre-tokenizer reproduces; None when it is."""
+    pre = spec.get("pre_tokenizer") or {}
+    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True) or pre.get("add_prefix_space"):
+        return f"its pre-tokenizer is {pre.get('type')} {json.dumps(pre, sort_keys=True)}"
+    if spec.get("normalizer"):
+        return f"it has a {spec['normalizer'].get('type')} normalizer"
+    return None
 
 
 def _byte_level_bpe(writer: Any, tokenizer_dir: Path, specials: set[int]) -> None:
