@@ -25,9 +25,11 @@ def reconcile(body, observed, ctx, now):
     return plan
 
 
-def desired_job(body, ctx, deps=None):
-    plan = reconcile(body, Observed(dependencies=deps or {}), ctx, NOW)
-    job = copy.deepcopy(next(a.object for a in plan.actions if a.object["kind"] == "Job"))
+def desired_job(body, ctx, deps=None, children=None, name=None):
+    """The Job (named `name`, or the first) a plan creates, as the Job controller would have started it."""
+    plan = reconcile(body, Observed(children=children or {}, dependencies=deps or {}), ctx, NOW)
+    jobs = [a.object for a in plan.actions if a.verb == "create" and a.object["kind"] == "Job"]
+    job = copy.deepcopy(next(j for j in jobs if name in (None, j["metadata"]["name"])))
     job["metadata"].update(uid="job-uid", creationTimestamp="2026-11-26T11:50:00Z")
     job["status"] = {"startTime": "2026-11-26T11:50:00Z"}
     return job

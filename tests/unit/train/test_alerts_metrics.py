@@ -7,9 +7,9 @@ import socket
 import urllib.request
 
 from llmtrain.api.trainingrun import AlertsSpec
-from llmtrain.core.progress import Alert
+from llmtrain.core.progress import Alert, format_eta
 from llmtrain.train.anomalies import WARMUP_OBSERVATIONS, AnomalyDetector
-from llmtrain.train.progress import FileSink, Metrics, Reporter, format_eta
+from llmtrain.train.progress import FileSink, Metrics, Reporter
 
 
 def test_loss_spike_after_warmup_and_nonfinite_at_once():

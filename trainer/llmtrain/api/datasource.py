@@ -348,6 +348,14 @@ class DataSourceStatus(ApiModel):
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")
     message: str | None = Field(default=None, description="What is happening, or why it failed.")
     stats: DataStats | None = Field(default=None, description="Counts from the last ingest.")
+    stage: Literal["Scan", "Merge"] | None = Field(
+        default=None, description="The stage running: Scan (the parts, in parallel) or Merge."
+    )
+    progress: str | None = Field(default=None, description="The stage's parts done of total, e.g. 3/8.")
+    documents_per_second: int | None = Field(
+        default=None, description="Documents the finished scan parts read, per second since the stage started."
+    )
+    eta: str | None = Field(default=None, description="Estimated time until the stage's last part is done.")
     tokenizer_uri: str | None = Field(default=None, description="Where the tokenizer files are.")
     shards_uri: str | None = Field(default=None, description="Where the shards and manifest.json are.")
     start_time: Timestamp | None = Field(default=None, description="When ingest started.")
@@ -363,6 +371,9 @@ class DataSource(Resource):
     SHORT_NAMES: ClassVar[tuple[str, ...]] = ("ds",)
     PRINTER_COLUMNS: ClassVar[tuple[PrinterColumn, ...]] = (
         PrinterColumn("Phase", "string", ".status.phase", "Summary phase."),
+        PrinterColumn("Stage", "string", ".status.stage", "The stage running.", priority=1),
+        PrinterColumn("Parts", "string", ".status.progress", "The stage's parts done of total.", priority=1),
+        PrinterColumn("ETA", "string", ".status.eta", "Estimated time until the stage is done.", priority=1),
         PrinterColumn("Docs", "integer", ".status.stats.documentsOut", "Documents kept."),
         PrinterColumn("Tokens", "integer", ".status.stats.tokensTrain", "Tokens in the train split."),
         PrinterColumn("Dedup%", "number", ".status.stats.dedupPercent", "Duplicates removed, percent."),

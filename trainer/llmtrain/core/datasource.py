@@ -9,11 +9,12 @@ from functools import partial
 from typing import Any
 
 from ..api import DataSource
-from . import children, jobs, naming, pods, uris
+from . import children, diagnosis, jobs, naming, pods, uris
 from .conditions import is_true
 from .context import Context
 from .plan import ChildKey, Observed, Outcome
-from .status import StatusBuilder
+from .progress import format_eta
+from .status import StatusBuilder, parse_time
 
 KIND = "DataSource"
 #: The ingest report's figures the status keeps (`status.stats`).
@@ -49,8 +50,30 @@ def dependency_keys(body: dict[str, Any], found: dict[ChildKey, dict[str, Any]] 
     return []
 
 
+#: The status fields that follow a running stage (cleared once the DataSource is ingested).
+STAGE_FIELDS = ("stage", "progress", "documentsPerSecond", "eta")
+
+
 class Status(StatusBuilder):
     SUMMARY = "Ready"
+
+    def stage(self, name: str, job: dict[str, Any] | None, pods: list[dict[str, Any]], parts: int) -> None:
+        """The running stage (Scan, Merge): its parts done of total, the documents per second its
+        finished parts read, and when its last part should be done at that pace."""
+        for key in STAGE_FIELDS:
+            self.status.pop(key, None)
+        if job is None:
+            return
+        done = min(parts, int((job.get("status") or {}).get("succeeded") or 0))
+        self.status["stage"], self.status["progress"] = name, f"{done}/{parts}"
+        started = parse_time((job.get("status") or {}).get("startTime"))
+        elapsed = (self.moment - started).total_seconds() if started is not None else 0.0
+        if done and elapsed > 0:
+            documents = sum(_documents_read(pod) for pod in jobs.job_pods(job, pods))
+            if documents:
+                self.status["documentsPerSecond"] = int(documents / elapsed)
+            if done < parts:
+                self.status["eta"] = format_eta(elapsed / done * (parts - done))
 
     def ingested(self, report: dict[str, Any], output: str) -> None:
         """Succeeded: the ingest report's stats, where the shards and the tokenizer are."""
@@ -59,6 +82,8 @@ class Status(StatusBuilder):
         self.status["stats"] = stats or self.status.get("stats") or {}
         self.status["shardsUri"] = output
         self.status["tokenizerUri"] = report.get("tokenizer") or f"{output.rstrip('/')}/tokenizer"
+        for key in STAGE_FIELDS:
+            self.status.pop(key, None)
         docs, tokens = stats.get("documentsOut"), stats.get("tokensTrain")
         self.phase("Succeeded", "Ingested", f"{docs} documents, {tokens} training tokens at {output}")
 
@@ -114,6 +139,10 @@ def reconcile(
     if built.merge is not None:
         sequence.append((built.merge, 1, "merge"))
     desired, deletions, state = jobs.run_in_turn(status, sequence, observed)
+    if desired and state in ("Running", "Starting"):
+        current, parts = desired[-1], sequence[len(desired) - 1][1]
+        stage = "Scan" if current is built.ingest else "Merge"
+        status.stage(stage, observed.children.get(("Job", current["metadata"]["name"])), observed.pods, parts)
     if state == "Complete":
         last = observed.children.get(("Job", sequence[-1][0]["metadata"]["name"]))
         report = jobs.final_report(last, observed.pods) or {}
@@ -144,3 +173,15 @@ def ready(observed: Observed, name: str, status: StatusBuilder, condition: str |
         phase = found_status.get("phase") or "new"
         status.waiting_for("WaitingForDataSource", f"waiting for DataSource {name} ({phase})")
     return None
+
+
+def _documents_read(pod: dict[str, Any]) -> int:
+    """Documents a succeeded scan part read, from the report in its termination message."""
+    if (pod.get("status") or {}).get("phase") != "Succeeded":
+        return 0
+    for container in pod["status"].get("containerStatuses") or []:
+        report = diagnosis.termination_report((container.get("state") or {}).get("terminated") or {})
+        documents = ((report or {}).get("stats") or {}).get("documentsIn")
+        if isinstance(documents, int) and not isinstance(documents, bool):
+            return documents
+    return 0

@@ -19,6 +19,9 @@ def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Event]:
     if new.get("phase") != old.get("phase") or (new.get("phase") == "Pending" and _reason(new) != _reason(old)):
         kind = "Warning" if new.get("phase") == "Failed" or _reason(new) in _WARNING_REASONS else "Normal"
         events.append(Event(kind, _reason(new) or str(new.get("phase")), new.get("message") or ""))
+    if new.get("stage") and new.get("stage") != old.get("stage"):  # a DataSource's next stage began
+        parts = (new.get("progress") or "").partition("/")[2]
+        events.append(Event("Normal", f"{new['stage']}Started", f"{new['stage']} stage: {parts} part(s)"))
     old_ckpt, new_ckpt = old.get("latestCheckpoint") or {}, new.get("latestCheckpoint") or {}
     if new_ckpt.get("step") is not None and new_ckpt.get("step") != old_ckpt.get("step"):
         events.append(Event("Normal", "CheckpointSaved", f"step {new_ckpt['step']} at {new_ckpt.get('uri')}"))

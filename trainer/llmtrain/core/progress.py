@@ -24,6 +24,16 @@ def camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+def format_eta(seconds: float | None) -> str | None:
+    """`1h02m`, `1m05s`: the ETA as the status and the log lines show it."""
+    if seconds is None:
+        return None
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def _number(value: Any) -> float | None:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     return float(value) if ok else None

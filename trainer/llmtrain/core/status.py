@@ -11,6 +11,8 @@ from .diagnosis import Finding
 from .progress import STATUS_FIGURES
 
 TERMINAL = ("Succeeded", "Failed")
+#: A DataSource stage's figures that change as its parts finish (`progress` and `eta` are shared).
+STAGE_FIGURES = frozenset(["documentsPerSecond"])
 
 
 def iso(moment: datetime) -> str:
@@ -78,5 +80,5 @@ class StatusBuilder:
 def progress_only(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     """Whether old and new differ only in progress figures (so the write may wait for the throttle)."""
     old = old or {}
-    keys = (set(old) | set(new)) - STATUS_FIGURES
+    keys = (set(old) | set(new)) - STATUS_FIGURES - STAGE_FIGURES
     return all(old.get(k) == new.get(k) for k in keys)

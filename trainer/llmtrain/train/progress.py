@@ -44,15 +44,6 @@ class FileSink:
         storage.write_bytes(self.uri, json.dumps(report, indent=2).encode())
 
 
-def format_eta(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

@@ -18,10 +18,10 @@ from contextlib import AbstractContextManager, contextmanager
 import torch
 
 from .. import logs
-from ..core.progress import Alert
+from ..core.progress import Alert, format_eta
 from .anomalies import AnomalyDetector
 from .distributed import World
-from .progress import Metrics, Reporter, format_eta
+from .progress import Metrics, Reporter
 from .state import TrainState
 from .step import StepOutcome
 from .stopping import PAUSED
