@@ -26,20 +26,6 @@ def test_atomic_local_writes_leave_no_temporaries(tmp_path):
     assert [e.relative for e in storage.list_files(str(tmp_path / "deep"))] == ["dir/manifest.json", "shard.bin"]
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    from moto import mock_aws
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("LLMTRAIN_S3_ENDPOINT", raising=False)
-    with mock_aws():
-        client = storage.s3_client()
-        client.create_bucket(Bucket="bucket")
-        yield client
-
-
 def test_s3_listing_paginates_and_filters(s3):
     for i in range(1005):
         s3.put_object(Bucket="bucket", Key=f"corpus/part-{i:04d}.jsonl", Body=b"x")

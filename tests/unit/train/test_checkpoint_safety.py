@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +308,23 @@ def test_an_overwritten_dataset_shard_is_named(tmp_path):
     with pytest.raises(DataError, match=r"shard-00000.bin: SHA-256 differs from manifest.json"):
         dataset.verify_shards()
     dataset.verify_shards(1, 2)  # the other rank's share does not include it
+
+
+@pytest.mark.parametrize(
+    ("record", "words"),
+    [
+        ({"path": "../../etc/passwd", "tokens": 1, "sha256": "0" * 64}, "lists a shard at '../../etc/passwd'"),
+        ({"path": "/etc/passwd", "tokens": 1, "sha256": "0" * 64}, "lists a shard at '/etc/passwd'"),
+        ({"path": "train/shard-00000.bin", "tokens": 1, "sha256": "../x"}, "digests of train/shard-00000.bin"),
+        (
+            {"path": "train/shard-00000.bin", "tokens": 1, "sha256": "0" * 64, "blockSha256": ["../../x"]},
+            "digests of train/shard-00000.bin are malformed",
+        ),
+    ],
+)
+def test_a_hostile_manifest_names_no_file_outside_the_dataset(tmp_path, record, words):
+    """A reader follows the manifest's shard paths, and the block cache names files by its digests."""
+    manifest = {"dtype": "uint16", "splits": {"train": {"shards": [record]}, "validation": {"shards": []}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=re.escape(words)):
+        Dataset.open(tmp_path)

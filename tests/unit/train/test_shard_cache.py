@@ -23,20 +23,6 @@ BLOCK = 4096
 SHARD_TOKENS = 10_000  # 20,000 bytes: four full blocks and a partial one
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    from moto import mock_aws
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("LLMTRAIN_S3_ENDPOINT", raising=False)
-    with mock_aws():
-        client = storage.s3_client()
-        client.create_bucket(Bucket="bucket")
-        yield client
-
-
 def write_dataset(root: str, staging: Path, monkeypatch) -> dict:
     """Three train shards and one validation shard of tokens below 512, and their manifest, at `root`."""
     monkeypatch.setattr(shard_format, "BLOCK_BYTES", BLOCK)

@@ -52,7 +52,7 @@ from .dedup.lsh import near_duplicates
 from .dedup.minhash import MinHasher
 from .formats import InputError, Raw, Rejected
 from .normalize import Normalizer
-from .shards import ShardWriter, token_dtype, validation_mask
+from .shards import SHARD_PATH, ShardWriter, token_dtype, validation_mask
 from .sources import list_inputs, read_input
 from .stats import Stats
 from .validate import Filter, decode
@@ -77,7 +77,6 @@ class LinkedOutput(BadInput):
 
 #: What ingest writes below an output; nothing else there is ever deleted.
 OUTPUT_ENTRIES = ("train", "validation", "tokenizer", ".work", MANIFEST, locking.LOCK_NAME)
-_SHARD_PATH = re.compile(r"(train|validation)/shard-[0-9]{5,}\.bin")
 _TOKENIZER_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -468,7 +467,7 @@ def _written_files(manifest: dict[str, Any]) -> set[str]:
     with contextlib.suppress(AttributeError, KeyError, TypeError):
         files = manifest.get("tokenizer", {}).get("files", [])
         paths |= {f"tokenizer/{n}" for n in files if isinstance(n, str) and _TOKENIZER_FILE.fullmatch(n)}
-    return {p for p in paths if _SHARD_PATH.fullmatch(p) or p.startswith("tokenizer/")}
+    return {p for p in paths if SHARD_PATH.fullmatch(p) or p.startswith("tokenizer/")}
 
 
 def _remove_stale(output: str, previous: dict[str, Any], manifest: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ the manifest, which is written last. Besides the shard's SHA-256, the manifest l
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from .. import storage
 
 _SPLIT_MIX = np.uint64(0x9E3779B97F4A7C15)
 BLOCK_BYTES = 4 << 20  # the unit a trainer fetches from S3 and verifies (`train/shard_cache.py`)
+#: A shard's path below the output, as the manifest lists it; a reader follows no other.
+SHARD_PATH = re.compile(r"(train|validation)/shard-[0-9]{5,}\.bin")
+#: A SHA-256 as the manifest writes it (the block cache names its files by it).
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..data.shards import SHA256_HEX, SHARD_PATH
 from ..errors import BadInput
 
 
@@ -32,6 +33,21 @@ class Dataset:
 
     root: Path
     manifest: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        """A manifest's shards name only shard files below the dataset, by well-formed digests (a reader
+        follows these paths, and the block cache names its files by these digests)."""
+        splits = self.manifest.get("splits") if isinstance(self.manifest, dict) else None
+        for split in ("train", "validation"):
+            for shard in ((splits or {}).get(split) or {}).get("shards") or []:
+                digests = [shard.get("sha256"), *(shard.get("blockSha256") or [])] if isinstance(shard, dict) else []
+                path = shard.get("path") if isinstance(shard, dict) else None
+                if not isinstance(path, str) or not SHARD_PATH.fullmatch(path):
+                    raise DataError(f"{self.location}: manifest.json lists a shard at {path!r}; rerun the DataSource")
+                if not all(isinstance(d, str) and SHA256_HEX.fullmatch(d) for d in digests):
+                    raise DataError(
+                        f"{self.location}: manifest.json's digests of {path} are malformed; rerun the DataSource"
+                    )
 
     @classmethod
     def open(cls, root: Path) -> Dataset:
