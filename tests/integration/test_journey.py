@@ -93,11 +93,11 @@ def wait_phase(kube: Kube, kind: str, name: str, phase: str, timeout: float) -> 
     return eventually(f"{kind}/{name} {phase}", reached, timeout)
 
 
-def journey_run(name: str, nodes: int, steps: int) -> list[dict[str, Any]]:
+def journey_run(name: str, nodes: int, steps: int, workers: int = 1) -> list[dict[str, Any]]:
     """The example run file shrunk to seconds (small_run), renamed, on `nodes` nodes, exporting as the
-    example writes it (safetensors and GGUF Q8_0, validated)."""
+    example writes it (safetensors and GGUF Q8_0, validated); `workers` > 1 ingests in stages."""
     example = list(yaml.safe_load_all((ROOT / "examples" / "run.yaml").read_text()))
-    documents = small_run(steps=steps)
+    documents = small_run(steps=steps, workers=workers)
     documents[2]["spec"] = {**copy.deepcopy(example[2]["spec"]), "output": documents[2]["spec"]["output"]}
     data, run, export = (d["metadata"] for d in documents)
     data["name"], run["name"], export["name"] = f"{name}-data", name, f"{name}-export"
@@ -136,7 +136,7 @@ def test_the_chart_runs_the_operator_under_its_own_rbac(kube):
 
 
 def test_journey(kube):
-    documents = journey_run("journey", nodes=2, steps=40)
+    documents = journey_run("journey", nodes=2, steps=40, workers=2)  # the DataSource in stages, a Job each
     applied = kube.apply(documents)
     assert "trainingrun.llmtrain.dev/journey created" in applied, applied
 
@@ -159,6 +159,11 @@ def test_journey(kube):
     assert "condition met" in waited
     run = kube.status("trainingruns", "journey")
     assert run["phase"] == "Succeeded" and run["progress"] == "40/40", run
+    for stage, tasks in (("ingest", 2), ("dedup", 2), ("cluster", 1), ("tokenizer", 1), ("encode", 2), ("manifest", 1)):
+        job = kube.get("jobs", f"journey-data-{stage}")  # the real Job controller ran every ingest stage
+        assert job["status"]["succeeded"] == tasks, (stage, job["status"])
+    data_events = kube("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.name=journey-data")
+    assert all(f"{s}Started" in data_events for s in ("Scan", "Dedup", "Encode", "Manifest")), data_events
     trainers = kube.pods("job-name=journey-train")
     assert len(trainers) == 2 and {p["status"]["phase"] for p in trainers} == {"Succeeded"}
     assert len({p["spec"]["nodeName"] for p in trainers}) == 2, "the two trainer pods share a node"

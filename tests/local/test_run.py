@@ -204,3 +204,38 @@ def test_an_unreadable_work_directory_is_exit_2_with_one_line(tmp_path):
         assert result.returncode == 2, result.stderr[-3000:]
         (line,) = result.stderr.splitlines()
         assert line.startswith(f"error: {corrupt}: not a state file of llmtrain run (JSONDecodeError")
+
+
+def test_run_ingests_a_datasource_in_stages_as_local_processes(tmp_path):
+    """workers: 2 in the embedded default: each ingest stage is a Job whose pods are local processes, and
+    the dataset holds the same tokens as a one-process ingest."""
+    documents = list(yaml.safe_load_all(small_run(tmp_path).read_text()))[:1]
+    documents[0]["spec"]["workers"] = 2
+    documents[0]["spec"]["output"]["uri"] = str(tmp_path / "staged")
+    run_file, workdir = tmp_path / "data.yaml", tmp_path / "work"
+    run_file.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    ran = subprocess.run(
+        [*LLMTRAIN, "run", "-f", str(run_file), "--workdir", str(workdir)], capture_output=True, text=True, timeout=600
+    )
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    data = state(workdir, "DataSource", "shakespeare")["status"]
+    assert data["phase"] == "Succeeded" and data["stats"]["documentsOut"] == 12
+    pods = {p.name.rsplit("-", 1)[0] for p in (workdir / "pods" / "default").iterdir()}
+    tasks = ("ingest-0", "ingest-1", "dedup-0", "dedup-1", "cluster-0", "tokenizer-0", "encode-0", "encode-1")
+    assert {f"shakespeare-{task}" for task in (*tasks, "manifest-0")} <= pods, sorted(pods)
+    one = subprocess.run(
+        [*LLMTRAIN, "ingest", "-f", str(run_file), "--output", str(tmp_path / "one"), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    def tokens(output: Path) -> dict[str, bytes]:
+        manifest = json.loads((output / "manifest.json").read_text())
+        return {
+            split: b"".join((output / s["path"]).read_bytes() for s in listed["shards"])
+            for split, listed in manifest["splits"].items()
+        }
+
+    assert tokens(tmp_path / "staged") == tokens(tmp_path / "one")

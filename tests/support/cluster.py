@@ -175,11 +175,13 @@ class RealCluster(Harness):
         self.wait(lambda: not any(self.names(kind) for kind in owned), 60, "the test's objects were not deleted")
 
 
-def small_run(formats: list[str] | None = None, steps: int = 30) -> list[dict[str, Any]]:
-    """The example run, shrunk to seconds, reading the corpus from a PVC (local paths are refused in a cluster)."""
+def small_run(formats: list[str] | None = None, steps: int = 30, workers: int = 1) -> list[dict[str, Any]]:
+    """The example run, shrunk to seconds, reading the corpus from a PVC (local paths are refused in a cluster);
+    `workers` > 1 ingests in stages, one Job each."""
     documents = list(yaml.safe_load_all((ROOT / "examples" / "run.yaml").read_text()))
     documents = copy.deepcopy(documents)
     documents[0]["spec"]["sources"] = [{"pvc": {"claimName": "corpus", "path": "shakespeare/*.txt"}}]
+    documents[0]["spec"]["workers"] = workers
     spec = documents[1]["spec"]
     spec["model"].update(layers=2, hiddenSize=64, heads=4, kvHeads=2, intermediateSize=192, maxSeqLen=64)
     spec["training"].update(maxSteps=steps, microBatchSize=4)

@@ -280,13 +280,13 @@ def test_rerun_deletes_only_the_files_the_previous_manifest_listed(shakespeare):
     out = shakespeare / "out"
     first = run_ingest("-f", str(write_spec(shakespeare, data_source())), "--output", str(out))
     assert first.code == 0, first.stderr
-    assert (out / "train/shard-00001.bin").exists()  # several shards of 50,000 tokens
+    assert (out / "train/shard-00000-00001.bin").exists()  # several shards of 50,000 tokens
     (out / "train/notes.txt").write_text("mine")
     (out / "validation/shard-99999.bin").write_bytes(b"not listed by any manifest")
     bigger = data_source(output={"shardTokens": 10_000_000})
     second = run_ingest("-f", str(write_spec(shakespeare, bigger)), "--output", str(out), "--force")
     assert second.code == 0, second.stderr
-    assert sorted(p.name for p in (out / "train").iterdir()) == ["notes.txt", "shard-00000.bin"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["notes.txt", "shard-00000-00000.bin"]
     assert (out / "train/notes.txt").read_text() == "mine"
     assert (out / "validation/shard-99999.bin").read_bytes() == b"not listed by any manifest"
 

@@ -65,6 +65,15 @@ def _fail(exc: BaseException) -> int:
     return code
 
 
+def _check_stage_arguments(args: argparse.Namespace, indexed: frozenset[str]) -> None:
+    if args.stage is not None and args.shard_count is None:
+        raise SpecError([], f"--stage {args.stage} needs --shard-count (the number of parts)")
+    if args.stage in indexed and args.shard_index is None:
+        raise SpecError([], f"--stage {args.stage} runs one task: give --shard-index")
+    if args.stage is None and (args.shard_index is None) != (args.shard_count is None) and not args.merge:
+        raise SpecError([], "--shard-index and --shard-count go together")
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from . import logs
 
@@ -82,9 +91,9 @@ def _ingest(args: argparse.Namespace) -> int:
             raise SpecError([], "no output: set spec.output.uri or pass --output")
         if "://" not in output and args.output is None:
             output = str(base_dir / output)
-        if (args.shard_index is None) != (args.shard_count is None) and not args.merge:
-            raise SpecError([], "--shard-index and --shard-count go together")
-        from .data.pipeline import ingest
+        from .data.pipeline import INDEXED, ingest
+
+        _check_stage_arguments(args, INDEXED)
 
         report = ingest(
             source,
@@ -95,6 +104,7 @@ def _ingest(args: argparse.Namespace) -> int:
             shard_count=args.shard_count,
             merge_only=args.merge,
             force=args.force,
+            stage=args.stage,
         )
     except BaseException as exc:  # DCP's CheckpointException is a BaseException; _fail maps every type
         return _fail(exc)
@@ -281,9 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     _resource_arguments(ingest, "DataSource")
     ingest.add_argument("--output", help="output URI or directory (overrides spec.output.uri)")
     ingest.add_argument("--workers", type=_positive_int, help="scan processes on this machine (default: spec.workers)")
-    ingest.add_argument("--shard-index", type=_index, help="scan only this part (a pod of an Indexed Job)")
+    ingest.add_argument(
+        "--stage",
+        choices=("scan", "dedup", "cluster", "tokenizer", "encode", "manifest"),
+        help="run one stage (one task of scan, dedup or encode: --shard-index), as a pod does",
+    )
+    ingest.add_argument("--shard-index", type=_index, help="the task of an indexed stage (default stage: scan)")
     ingest.add_argument("--shard-count", type=_positive_int, help="number of parts the input is split into")
-    ingest.add_argument("--merge", action="store_true", help="merge finished parts: dedup, tokenizer, shards")
+    ingest.add_argument("--merge", action="store_true", help="every stage after the scan, in this process")
     ingest.add_argument("--force", action="store_true", help="redo even if a manifest with this spec exists")
     ingest.add_argument(
         "--base-dir", help="folder that relative local paths are resolved against (default: the file's)"

@@ -50,7 +50,7 @@ def test_pods_are_locked_down_and_owned(bodies, cluster):
 @pytest.mark.parametrize("workers", [1, 4])
 def test_the_keys_the_shell_reads_are_the_children_each_kind_declares(bodies, cluster, workers):
     """`child_keys` is derived from each kind's named structure: every child a plan creates is among the
-    keys, and every key is a child the kind builds (the merge Job only with workers > 1)."""
+    keys, and every key is a child the kind builds (the later stages' Jobs only with workers > 1)."""
     bodies = copy.deepcopy(bodies)
     bodies["DataSource"]["spec"]["workers"] = workers
     created = {}
@@ -65,4 +65,5 @@ def test_the_keys_the_shell_reads_are_the_children_each_kind_declares(bodies, cl
         keys = set(child_keys(body))
         assert created[kind] <= keys
         unused = keys - created[kind]
-        assert unused == ({("Job", "shakespeare-merge")} if kind == "DataSource" and workers == 1 else set())
+        later_stages = {("Job", f"shakespeare-{s}") for s in ("dedup", "cluster", "tokenizer", "encode", "manifest")}
+        assert unused == (later_stages if kind == "DataSource" and workers == 1 else set())

@@ -17,22 +17,42 @@ from support.resources import NOW, stored
 VERSIONS = ["1.29", "1.35"]
 
 
-def test_workers_make_an_indexed_ingest_job_then_a_merge(bodies, cluster):
+STAGE_JOBS = [
+    ("shakespeare-ingest", "scan", 4),
+    ("shakespeare-dedup", "dedup", 4),
+    ("shakespeare-cluster", "cluster", 1),
+    ("shakespeare-tokenizer", "tokenizer", 1),
+    ("shakespeare-encode", "encode", 4),
+    ("shakespeare-manifest", "manifest", 1),
+]
+
+
+def _complete(job):
+    done = copy.deepcopy(job)
+    done["metadata"]["uid"] = f"{job['metadata']['name']}-uid"
+    done["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    return done
+
+
+def test_workers_make_one_job_per_stage_each_after_the_one_before(bodies, cluster):
+    """workers > 1: scan, dedup and encode are Indexed Jobs of `workers` pods (one task each), cluster,
+    tokenizer and manifest one pod; each Job is created once the one before it is complete."""
     ds = copy.deepcopy(bodies["DataSource"])
     ds["spec"]["workers"] = 4
-    jobs = [o for o in plan_objects(ds, cluster) if o["kind"] == "Job"]
-    assert [j["metadata"]["name"] for j in jobs] == ["shakespeare-ingest"]  # the merge waits for the parts
-    ingest = jobs[0]["spec"]
-    assert ingest["completions"] == ingest["parallelism"] == 4 and ingest["completionMode"] == "Indexed"
-    args = ingest["template"]["spec"]["containers"][0]["args"]
-    assert args[-4:] == ["--shard-index", "$(JOB_COMPLETION_INDEX)", "--shard-count", "4"]
-    done = copy.deepcopy(jobs[0])
-    done["metadata"]["uid"] = "job-uid"
-    done["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-    later = plan_objects(ds, cluster, children={("Job", "shakespeare-ingest"): done})
-    merge = [o for o in later if o["kind"] == "Job"]
-    assert [j["metadata"]["name"] for j in merge] == ["shakespeare-merge"]
-    assert merge[0]["spec"]["template"]["spec"]["containers"][0]["args"][-3:] == ["--merge", "--shard-count", "4"]
+    finished = {}
+    for name, stage, tasks in STAGE_JOBS:
+        jobs = [o for o in plan_objects(ds, cluster, children=dict(finished)) if o["kind"] == "Job"]
+        assert [j["metadata"]["name"] for j in jobs] == [name]  # the ones before it are complete
+        job = jobs[0]
+        assert job["spec"]["completions"] == job["spec"]["parallelism"] == tasks
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        if tasks > 1:
+            assert job["spec"]["completionMode"] == "Indexed"
+            assert args[-6:] == ["--stage", stage, "--shard-index", "$(JOB_COMPLETION_INDEX)", "--shard-count", "4"]
+        else:
+            assert args[-4:] == ["--stage", stage, "--shard-count", "4"]
+        finished[("Job", name)] = _complete(job)
+    assert [o for o in plan_objects(ds, cluster, children=finished) if o["kind"] == "Job"] == []  # all done
 
 
 def test_source_secrets_are_mounted_files_never_values(bodies, cluster):
@@ -76,17 +96,21 @@ def test_a_running_datasource_shows_its_stage_parts_rate_and_eta(bodies, cluster
     done = copy.deepcopy(job)
     done["status"] = {"succeeded": 4, "conditions": [{"type": "Complete", "status": "True"}]}
     running = {**copy.deepcopy(ds), "status": scan.status}
-    merge_job = desired_job(running, cluster, children={("Job", "shakespeare-ingest"): done}, name="shakespeare-merge")
-    merging = Observed(
-        children={("Job", "shakespeare-ingest"): done, ("Job", "shakespeare-merge"): merge_job},
-        pods=[pod(merge_job, 0)],
-    )
-    merge = reconcile(running, merging, cluster, NOW)
-    assert (merge.status["stage"], merge.status["progress"]) == ("Merge", "0/1") and "eta" not in merge.status
-    assert "MergeStarted" in [e.reason for e in merge.events]
+    finished = {("Job", "shakespeare-ingest"): done}
+    dedup_job = desired_job(running, cluster, children=dict(finished), name="shakespeare-dedup")
+    deduping = Observed(children={**finished, ("Job", "shakespeare-dedup"): dedup_job}, pods=[pod(dedup_job, 0)])
+    dedup = reconcile(running, deduping, cluster, NOW)
+    assert (dedup.status["stage"], dedup.status["progress"]) == ("Dedup", "0/4") and "eta" not in dedup.status
+    assert ("DedupStarted", "Dedup stage: 4 part(s)") in [(e.reason, e.message) for e in dedup.events]
 
-    merge_job["status"]["conditions"] = [{"type": "Complete", "status": "True"}]
+    for name, _, _ in STAGE_JOBS[1:-1]:
+        finished[("Job", name)] = _complete(desired_job(running, cluster, children=dict(finished), name=name))
+    manifest_job = desired_job(running, cluster, children=dict(finished), name="shakespeare-manifest")
+    manifest_job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     final = {"stats": {"documentsOut": 12, "tokensTrain": 425450}}
-    merging.pods = [pod(merge_job, 0, phase="Succeeded", **terminated(0, "Completed", json.dumps(final)))]
-    ingested = reconcile({**running, "status": merge.status}, merging, cluster, NOW).status
+    last = Observed(
+        children={**finished, ("Job", "shakespeare-manifest"): manifest_job},
+        pods=[pod(manifest_job, 0, phase="Succeeded", **terminated(0, "Completed", json.dumps(final)))],
+    )
+    ingested = reconcile({**running, "status": dedup.status}, last, cluster, NOW).status
     assert ingested["phase"] == "Succeeded" and not set(STAGE_FIELDS) & set(ingested)

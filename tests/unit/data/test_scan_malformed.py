@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from llmtrain.api.datasource import DataSource
-from llmtrain.data import pipeline
+from llmtrain.data import pipeline, scan
 from llmtrain.data.sources import SourceError
 from llmtrain.errors import Retryable
 from llmtrain.storage import StorageError
@@ -55,13 +55,13 @@ def raise_on_poison(monkeypatch, stage: str, error: Exception) -> None:
         return wrapper
 
     if stage == "decode":
-        monkeypatch.setattr(pipeline, "decode", poisoned(pipeline.decode))
+        monkeypatch.setattr(scan, "decode", poisoned(scan.decode))
     elif stage == "hash":
-        monkeypatch.setattr(pipeline, "content_hash", poisoned(pipeline.content_hash))
+        monkeypatch.setattr(scan, "content_hash", poisoned(scan.content_hash))
     elif stage == "normalize":
-        monkeypatch.setattr(pipeline.Normalizer, "__call__", poisoned(pipeline.Normalizer.__call__))
+        monkeypatch.setattr(scan.Normalizer, "__call__", poisoned(scan.Normalizer.__call__))
     else:
-        monkeypatch.setattr(pipeline.Filter, "reason_to_reject", poisoned(pipeline.Filter.reason_to_reject))
+        monkeypatch.setattr(scan.Filter, "reason_to_reject", poisoned(scan.Filter.reason_to_reject))
 
 
 @pytest.fixture

@@ -348,12 +348,16 @@ class DataSourceStatus(ApiModel):
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")
     message: str | None = Field(default=None, description="What is happening, or why it failed.")
     stats: DataStats | None = Field(default=None, description="Counts from the last ingest.")
-    stage: Literal["Scan", "Merge"] | None = Field(
-        default=None, description="The stage running: Scan (the parts, in parallel) or Merge."
+    stage: Literal["Scan", "Dedup", "Cluster", "Tokenizer", "Encode", "Manifest"] | None = Field(
+        default=None,
+        description="The ingest stage running (workers > 1): Scan, Dedup and Encode run a task per part in"
+        " parallel; Cluster, Tokenizer and Manifest one.",
     )
     progress: str | None = Field(default=None, description="The stage's parts done of total, e.g. 3/8.")
     documents_per_second: int | None = Field(
-        default=None, description="Documents the finished scan parts read, per second since the stage started."
+        default=None,
+        description="Documents the running stage's finished tasks processed (Scan: read; Encode: encoded), per"
+        " second since the stage started.",
     )
     eta: str | None = Field(default=None, description="Estimated time until the stage's last part is done.")
     tokenizer_uri: str | None = Field(default=None, description="Where the tokenizer files are.")

@@ -1,5 +1,6 @@
-"""A DataSource: its children (spec ConfigMap, ingest Job, merge Job), its status (stats, where the
-tokenizer and shards are), and the reconcile that ties them together. A DataSource depends on nothing."""
+"""A DataSource: its children (spec ConfigMap, and the ingest Job, or with workers > 1 one Job per ingest
+stage), its status (stage, stats, where the tokenizer and shards are), and the reconcile that ties them
+together. A DataSource depends on nothing."""
 
 from __future__ import annotations
 
@@ -33,13 +34,46 @@ STATS_FIELDS = (
 )
 
 
+#: The ingest stages (`data/pipeline.py`) as Jobs: (stage, status name, Indexed with `workers` pods).
+STAGES = (
+    ("scan", "Scan", True),
+    ("dedup", "Dedup", True),
+    ("cluster", "Cluster", False),
+    ("tokenizer", "Tokenizer", False),
+    ("encode", "Encode", True),
+    ("manifest", "Manifest", False),
+)
+
+
+def _stage_job(stage: str) -> dict[str, Any]:
+    """A later stage's Job as a child: optional, named `<name>-<stage>`."""
+    return children.child("Job", partial(naming.stage_job, stage=stage))
+
+
 @dataclass
 class Children:
-    """The spec ConfigMap, the ingest Job (Indexed, `workers` pods) and, with workers > 1, the merge Job."""
+    """The spec ConfigMap and the ingest Job: the whole ingest in one pod, or with workers > 1 the scan
+    stage (Indexed, `workers` pods), followed by one Job per later stage, each created when the one
+    before it is complete."""
 
     spec: dict[str, Any] = field(metadata=children.child("ConfigMap", partial(naming.spec_configmap, KIND)))
     ingest: dict[str, Any] = field(metadata=children.child("Job", naming.ingest_job))
-    merge: dict[str, Any] | None = field(default=None, metadata=children.child("Job", naming.merge_job))
+    dedup: dict[str, Any] | None = field(default=None, metadata=_stage_job("dedup"))
+    cluster: dict[str, Any] | None = field(default=None, metadata=_stage_job("cluster"))
+    tokenizer: dict[str, Any] | None = field(default=None, metadata=_stage_job("tokenizer"))
+    encode: dict[str, Any] | None = field(default=None, metadata=_stage_job("encode"))
+    manifest: dict[str, Any] | None = field(default=None, metadata=_stage_job("manifest"))
+
+    def sequence(self, workers: int) -> list[tuple[dict[str, Any], int, str, str]]:
+        """The Jobs in the order they run: (Job, expected pods, what it does, status stage name)."""
+        if self.dedup is None:
+            return [(self.ingest, 1, "ingest", "Ingest")]
+        jobs = [self.ingest, self.dedup, self.cluster, self.tokenizer, self.encode, self.manifest]
+        return [
+            (job, workers if indexed else 1, f"ingest {stage}", name)
+            for job, (stage, name, indexed) in zip(jobs, STAGES, strict=True)
+            if job is not None
+        ]
 
 
 def child_keys(body: dict[str, Any]) -> list[ChildKey]:
@@ -58,8 +92,8 @@ class Status(StatusBuilder):
     SUMMARY = "Ready"
 
     def stage(self, name: str, job: dict[str, Any] | None, pods: list[dict[str, Any]], parts: int) -> None:
-        """The running stage (Scan, Merge): its parts done of total, the documents per second its
-        finished parts read, and when its last part should be done at that pace."""
+        """The running stage (`STAGES`): its tasks done of total, the documents per second its finished
+        tasks processed, and when its last task should be done at that pace."""
         for key in STAGE_FIELDS:
             self.status.pop(key, None)
         if job is None:
@@ -121,28 +155,29 @@ def build(body: dict[str, Any], source: DataSource, ctx: Context) -> Children:
     workers = source.spec.workers
     if workers == 1:
         return Children(configmap, ingest_job(naming.ingest_job(source.name), base, 1, []))
-    part_args = [*base, "--shard-index", children.JOB_INDEX, "--shard-count", str(workers)]
-    merge_args = [*base, "--merge", "--shard-count", str(workers)]
-    return Children(
-        configmap,
-        ingest_job(naming.ingest_job(source.name), part_args, workers, [children.INDEX_ENV]),
-        ingest_job(naming.merge_job(source.name), merge_args, 1, []),
-    )
+    stages = {}
+    for stage, _, indexed in STAGES:
+        args = [*base, "--stage", stage, "--shard-count", str(workers)]
+        name = naming.ingest_job(source.name) if stage == "scan" else naming.stage_job(source.name, stage)
+        if indexed:
+            args[-2:-2] = ["--shard-index", children.JOB_INDEX]
+        stages[stage] = ingest_job(name, args, workers if indexed else 1, [children.INDEX_ENV] if indexed else [])
+    return Children(configmap, stages.pop("scan"), **stages)
 
 
 def reconcile(
     body: dict[str, Any], source: DataSource, observed: Observed, ctx: Context, status: Status, now: datetime
 ) -> Outcome:
-    """Ingest, then merge the parts (workers > 1); Succeeded with the stats once the last Job completes."""
+    """The ingest Job, or the stage Jobs one after another (workers > 1); Succeeded with the stats once
+    the last Job completes."""
     built = build(body, source, ctx)
-    sequence = [(built.ingest, source.spec.workers, "ingest (scan parts)" if built.merge else "ingest")]
-    if built.merge is not None:
-        sequence.append((built.merge, 1, "merge"))
-    desired, deletions, state = jobs.run_in_turn(status, sequence, observed)
-    if desired and state in ("Running", "Starting"):
-        current, parts = desired[-1], sequence[len(desired) - 1][1]
-        stage = "Scan" if current is built.ingest else "Merge"
-        status.stage(stage, observed.children.get(("Job", current["metadata"]["name"])), observed.pods, parts)
+    sequence = built.sequence(source.spec.workers)
+    desired, deletions, state = jobs.run_in_turn(
+        status, [(job, pods, what) for job, pods, what, _ in sequence], observed
+    )
+    if desired and state in ("Running", "Starting") and len(sequence) > 1:
+        current, tasks, _, stage = sequence[len(desired) - 1]
+        status.stage(stage, observed.children.get(("Job", current["metadata"]["name"])), observed.pods, tasks)
     if state == "Complete":
         last = observed.children.get(("Job", sequence[-1][0]["metadata"]["name"]))
         report = jobs.final_report(last, observed.pods) or {}

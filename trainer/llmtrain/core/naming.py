@@ -29,8 +29,9 @@ def ingest_job(name: str) -> str:
     return f"{name}-ingest"
 
 
-def merge_job(name: str) -> str:
-    return f"{name}-merge"
+def stage_job(name: str, stage: str) -> str:
+    """A DataSource's Job for one ingest stage after the scan (dedup, cluster, tokenizer, encode, manifest)."""
+    return f"{name}-{stage}"
 
 
 def train_job(name: str) -> str:

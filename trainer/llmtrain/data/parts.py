@@ -1,51 +1,200 @@
-"""A scan part: the cleaned documents of one worker's inputs, with their hashes and signatures.
+"""A scan part: the cleaned documents of one worker's units, with their hashes and LSH band records.
 
-Layout under `<output>/.work/part-<i>-of-<n>/`: `docs.zst` (records of a 4-byte length and UTF-8
-text, zstd-compressed), `shingles.bin` (each document's shingle hashes, uint32, for
-exact verification of near-duplicate candidates), `index.npz` (content hashes, sizes, MinHash
-signatures, shingle offsets), `stats.json`, and `DONE`, written last: a part without `DONE` is
-incomplete and is scanned again.
+Layout under `<output>/.work/part-<i>-of-<n>/` (flat little-endian arrays, so that later stages read
+only the pieces they need: memory-mapped on a local or PVC path, ranged reads on S3):
+- `docs.zst`: records of a 4-byte length and UTF-8 text, zstd-compressed (streamed by encode and the
+  tokenizer sample);
+- `hashes.bin` (uint64 x 2 per document: BLAKE2b-128 content hash), `sizes.bin` (int64 bytes);
+- `shingles.bin`: each document's distinct shingle hashes, sorted (uint32), and `offsets.bin` (int64,
+  documents + 1) where each document's run starts: exact verification of near-duplicate candidates;
+- `bands.bin`: per band, one `RECORD` per document sorted by key (band `b` at record `b * documents`),
+  and `band_offsets.bin` (int64, bands x (RANGES + 1)): where each of the `RANGES` key ranges (the top
+  bits of the key) begins, so that a dedup task reads one band's key range from every part;
+- `stats.json`, and `DONE` (the document count), written last: a part without `DONE` is scanned again.
+
+Bands: the MinHash bands (`dedup/lsh.band_keys`), then, with exact dedup, one more "band" whose key and
+check are the two halves of the content hash. A near band's record checks with the content hash's first
+half (which member of a cluster is kept, and which candidates are exact twins).
+
+Memory does not follow the part's size: documents, shingles and hashes stream to disk, and band records
+are spilled in sorted runs of `RUN_DOCUMENTS` and merged one key-range group at a time.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import storage
+from ..pausepoints import pause_point
+from .dedup.lsh import band_keys
 
 _LENGTH = struct.Struct("<I")
-FILES = ("docs.zst", "shingles.bin", "index.npz", "stats.json")
+RECORD = np.dtype([("key", "<u8"), ("check", "<u8"), ("id", "<u4")])
+#: key ranges per band: a record's range is the top `RANGE_BITS` bits of its key
+RANGE_BITS = 10
+RANGES = 1 << RANGE_BITS
+#: band records held in memory before they are spilled, sorted, to disk
+RUN_DOCUMENTS = 32768
+#: records sorted at once when the spilled runs are merged
+MERGE_RECORDS = 1 << 20
+FILES = (
+    "docs.zst",
+    "hashes.bin",
+    "sizes.bin",
+    "shingles.bin",
+    "offsets.bin",
+    "bands.bin",
+    "band_offsets.bin",
+    "stats.json",
+)
+
+
+@dataclass(frozen=True)
+class BandLayout:
+    """The bands a part writes: `near` MinHash bands (0..near-1), then the exact band when `exact`."""
+
+    near: int
+    exact: bool
+
+    @property
+    def count(self) -> int:
+        return self.near + int(self.exact)
+
+    @property
+    def exact_band(self) -> int:
+        return self.near
 
 
 def part_uri(output: str, index: int, count: int) -> str:
     return storage.join(output, ".work", f"part-{index:05d}-of-{count:05d}")
 
 
+def key_range(keys: np.ndarray) -> np.ndarray:
+    return (keys >> np.uint64(64 - RANGE_BITS)).astype(np.int64)
+
+
+def sort_records(records: np.ndarray, exact: bool) -> np.ndarray:
+    """By key (and check, for the exact band), then id."""
+    order = (
+        np.lexsort((records["id"], records["check"], records["key"]))
+        if exact
+        else np.lexsort((records["id"], records["key"]))
+    )
+    return records[order]
+
+
+class _BandSpill:
+    """Band records in sorted runs on local disk, merged into `bands.bin` one key-range group at a time."""
+
+    def __init__(self, staging: Path, layout: BandLayout) -> None:
+        self.staging, self.layout = staging, layout
+        self.runs: list[tuple[Path, np.ndarray]] = []  # (file, per band: RANGES + 1 record offsets)
+        self.signatures: list[np.ndarray] = []
+        self.hashes: list[tuple[int, int]] = []
+        self.first_id = 0
+        self.seconds = 0.0  # spent on runs (merging is timed by the writer)
+
+    def add(self, signature: np.ndarray | None, content_hash: tuple[int, int]) -> None:
+        if not self.layout.count:  # no dedup: no bands
+            return
+        if self.layout.near:
+            self.signatures.append(signature)
+        self.hashes.append(content_hash)
+        if len(self.hashes) == RUN_DOCUMENTS:
+            self.flush()
+
+    def _records(self) -> list[np.ndarray]:
+        """This run's records per band, sorted."""
+        count = len(self.hashes)
+        hashes = np.array(self.hashes, dtype=np.uint64).reshape(-1, 2)
+        ids = np.arange(self.first_id, self.first_id + count, dtype=np.uint32)
+        out = []
+        if self.layout.near:
+            keys = band_keys(np.stack(self.signatures), self.layout.near)
+            for band in range(self.layout.near):
+                records = np.empty(count, RECORD)
+                records["key"], records["check"], records["id"] = keys[:, band], hashes[:, 0], ids
+                out.append(sort_records(records, exact=False))
+        if self.layout.exact:
+            records = np.empty(count, RECORD)
+            records["key"], records["check"], records["id"] = hashes[:, 0], hashes[:, 1], ids
+            out.append(sort_records(records, exact=True))
+        return out
+
+    def flush(self) -> None:
+        if not self.hashes:
+            return
+        started = time.perf_counter()
+        path = self.staging / f"run-{len(self.runs):06d}.tmp"
+        offsets = np.zeros((self.layout.count, RANGES + 1), dtype=np.int64)
+        with path.open("wb") as handle:
+            for band, records in enumerate(self._records()):
+                offsets[band] = np.searchsorted(key_range(records["key"]), np.arange(RANGES + 1))
+                handle.write(records.tobytes())
+        self.runs.append((path, offsets))
+        self.seconds += time.perf_counter() - started
+        self.first_id += len(self.hashes)
+        self.signatures, self.hashes = [], []
+
+    def merge(self, bands_path: Path, offsets_path: Path) -> None:
+        """Every band's records in key order into `bands_path`; the key ranges' starts into `offsets_path`."""
+        self.flush()
+        total = self.first_id
+        runs = [(np.memmap(path, dtype=RECORD, mode="r"), offsets) for path, offsets in self.runs]
+        band_offsets = np.zeros((self.layout.count, RANGES + 1), dtype=np.int64)
+        with bands_path.open("wb") as out:
+            for band in range(self.layout.count):
+                exact = self.layout.exact and band == self.layout.exact_band
+                band_offsets[band] = band * total + self._merge_band(out, runs, band, total, exact)
+        band_offsets.tofile(offsets_path)
+        for path, _ in self.runs:
+            path.unlink()
+
+    def _merge_band(self, out: Any, runs: list, band: int, total: int, exact: bool) -> np.ndarray:
+        """Writes one band, a group of key ranges at a time; returns its range starts (records)."""
+        groups = max(1, -(-total // MERGE_RECORDS))
+        starts = np.zeros(RANGES + 1, dtype=np.int64)
+        written = 0
+        for group in range(groups):
+            first, last = group * RANGES // groups, (group + 1) * RANGES // groups
+            pieces = []
+            for records, offsets in runs:
+                base = band * int(offsets[0, RANGES])  # a run holds its documents' records band after band
+                pieces.append(records[base + offsets[band, first] : base + offsets[band, last]])
+            merged = sort_records(np.concatenate(pieces), exact) if pieces else np.zeros(0, RECORD)
+            starts[first:last] = written + np.searchsorted(key_range(merged["key"]), np.arange(first, last))
+            out.write(merged.tobytes())
+            written += len(merged)
+        starts[RANGES] = written
+        return starts
+
+
 class PartWriter:
     """Writes one part into a local staging directory; `publish` puts it in place, DONE last."""
 
-    def __init__(self, staging: Path, signature_width: int = 0) -> None:
-        """`signature_width`: MinHash permutations per signature (0 without MinHash), so that an empty
-        part's signatures have the same width as every other part's."""
+    def __init__(self, staging: Path, layout: BandLayout) -> None:
         import zstandard
 
         self.staging = staging
-        self.signature_width = signature_width
         staging.mkdir(parents=True, exist_ok=True)
         self._file = (staging / "docs.zst").open("wb")
         self._stream = zstandard.ZstdCompressor(level=1).stream_writer(self._file)
         self._shingles = (staging / "shingles.bin").open("wb")
-        self.shingle_offsets = [0]
-        self.hashes: list[tuple[int, int]] = []
-        self.sizes: list[int] = []
-        self.signatures: list[np.ndarray] = []
+        self._offsets = (staging / "offsets.bin").open("wb")
+        self._hashes = (staging / "hashes.bin").open("wb")
+        self._sizes = (staging / "sizes.bin").open("wb")
+        self._bands = _BandSpill(staging, layout)
+        self._shingle_end = 0
+        self._offsets.write(np.int64(0).tobytes())
+        self.documents = 0
 
     def add(
         self,
@@ -55,67 +204,88 @@ class PartWriter:
         shingles: np.ndarray | None = None,
     ) -> None:
         data = text.encode("utf-8")
-        if shingles is not None:
-            self._shingles.write(shingles.astype(np.uint32).tobytes())
-        self.shingle_offsets.append(self.shingle_offsets[-1] + (0 if shingles is None else len(shingles)))
+        if shingles is not None:  # distinct and sorted (`MinHasher.signature_and_shingles`)
+            self._shingles.write(shingles.astype(np.uint32, copy=False).tobytes())
+            self._shingle_end += len(shingles)
+        self._offsets.write(np.int64(self._shingle_end).tobytes())
         self._stream.write(_LENGTH.pack(len(data)))
         self._stream.write(data)
-        self.hashes.append(content_hash)
-        self.sizes.append(len(data))
-        if signature is not None:
-            self.signatures.append(signature)
+        self._hashes.write(np.array(content_hash, dtype=np.uint64).tobytes())
+        self._sizes.write(np.int64(len(data)).tobytes())
+        self._bands.add(signature, content_hash)
+        self.documents += 1
 
     def publish(self, uri: str, stats: dict[str, Any]) -> None:
         self._stream.close()
-        self._shingles.close()
-        hashes = np.array(self.hashes, dtype=np.uint64).reshape(-1, 2)
-        signatures = (
-            np.stack(self.signatures)
-            if self.signatures
-            else np.zeros((len(self.hashes), self.signature_width), dtype=np.uint32)
-        )
-        np.savez(
-            self.staging / "index.npz",
-            hashes=hashes,
-            sizes=np.array(self.sizes, dtype=np.int64),
-            signatures=signatures,
-            shingle_offsets=np.array(self.shingle_offsets, dtype=np.int64),
-        )
-        (self.staging / "stats.json").write_text(json.dumps(stats))
+        for handle in (self._shingles, self._offsets, self._hashes, self._sizes):
+            handle.close()
+        started, spilled = time.perf_counter(), self._bands.seconds
+        self._bands.merge(self.staging / "bands.bin", self.staging / "band_offsets.bin")
+        band_seconds = spilled + time.perf_counter() - started
+        (self.staging / "stats.json").write_text(json.dumps({**stats, "bandSeconds": round(band_seconds, 3)}))
         for name in FILES:
             storage.upload_file(self.staging / name, storage.join(uri, name), move=True)
-        storage.write_bytes(storage.join(uri, "DONE"), json.dumps({"documents": len(self.hashes)}).encode())
+        pause_point("ingest-part")  # the part's files in place, its DONE not yet
+        storage.write_bytes(storage.join(uri, "DONE"), json.dumps({"documents": self.documents}).encode())
 
 
 def is_done(uri: str) -> bool:
     return storage.exists(storage.join(uri, "DONE"))
 
 
-class PartReader:
-    """A finished part: index arrays in memory, documents streamed from disk."""
+def document_count(uri: str) -> int:
+    """The documents a finished part holds (from its DONE)."""
+    count = json.loads(storage.read_bytes(storage.join(uri, "DONE"))).get("documents")
+    if not isinstance(count, int) or count < 0:
+        raise storage.StorageError(f"{uri}/DONE: no document count; rerun the scan", retryable=False)
+    return count
 
-    def __init__(self, uri: str, workdir: Path) -> None:
-        self.uri = uri
-        if storage.is_s3(uri):
-            self.directory = storage.download_tree(uri, Path(tempfile.mkdtemp(dir=workdir)))
-        else:
-            self.directory = storage.local_path(uri)
-        with np.load(self.directory / "index.npz") as index:
-            self.hashes = index["hashes"]
-            self.sizes = index["sizes"]
-            self.signatures = index["signatures"]
-            self.shingle_offsets = index["shingle_offsets"]
-        path = self.directory / "shingles.bin"
-        self.shingles = np.memmap(path, dtype=np.uint32, mode="r") if path.stat().st_size else np.zeros(0, np.uint32)
-        self.stats = json.loads((self.directory / "stats.json").read_text())
 
-    def shingles_of(self, local: int) -> np.ndarray:
-        return self.shingles[self.shingle_offsets[local] : self.shingle_offsets[local + 1]]
+class PartFiles:
+    """Random access to a finished part's arrays: memory maps on a local path, ranged reads on S3."""
 
-    def documents(self) -> Iterator[str]:
+    def __init__(self, uri: str, documents: int) -> None:
+        self.uri, self.documents = uri, documents
+        self._maps: dict[str, np.ndarray] = {}
+
+    def slice(self, name: str, dtype: np.dtype | type, start: int, stop: int) -> np.ndarray:
+        """Items `start..stop` of the array in file `name`."""
+        dtype = np.dtype(dtype)
+        if stop <= start:
+            return np.zeros(0, dtype)
+        if storage.is_s3(self.uri):
+            data = storage.read_range(
+                storage.join(self.uri, name), start * dtype.itemsize, (stop - start) * dtype.itemsize
+            )
+            return np.frombuffer(data, dtype=dtype)
+        if name not in self._maps:
+            path = storage.local_path(storage.join(self.uri, name))
+            self._maps[name] = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
+        return np.asarray(self._maps[name][start:stop])
+
+    def band_range(self, band: int, first: int, last: int) -> np.ndarray:
+        """The band's records whose key range is in `first..last-1`, in key order."""
+        edges = self.slice("band_offsets.bin", np.int64, band * (RANGES + 1) + first, band * (RANGES + 1) + last + 1)
+        return self.slice("bands.bin", RECORD, int(edges[0]), int(edges[-1]))
+
+    def shingles(self, local: int) -> np.ndarray:
+        start, stop = self.slice("offsets.bin", np.int64, local, local + 2)
+        return self.slice("shingles.bin", np.uint32, int(start), int(stop))
+
+    def hashes(self) -> np.ndarray:
+        return self.slice("hashes.bin", np.uint64, 0, 2 * self.documents).reshape(-1, 2)
+
+    def sizes(self) -> np.ndarray:
+        return self.slice("sizes.bin", np.int64, 0, self.documents)
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(storage.read_bytes(storage.join(self.uri, "stats.json")))
+
+    def documents_text(self) -> Iterator[str]:
+        """The part's documents in order, streamed."""
         import zstandard
 
-        with (self.directory / "docs.zst").open("rb") as handle:
+        with storage.open_read(storage.join(self.uri, "docs.zst")) as handle:
             reader = zstandard.ZstdDecompressor().stream_reader(handle)
             while header := _read_exact(reader, _LENGTH.size):
                 (length,) = _LENGTH.unpack(header)
@@ -137,18 +307,28 @@ def _read_exact(reader: Any, size: int) -> bytes:
     return data
 
 
-class ShingleStore:
-    """Exact Jaccard similarity of documents addressed by their global index across parts."""
+@dataclass(frozen=True)
+class PartSet:
+    """The `count` finished parts of an output, with where each one's documents start globally."""
 
-    def __init__(self, readers: list[PartReader]) -> None:
-        self.readers = readers
-        self.starts = np.cumsum([0] + [len(r.hashes) for r in readers])
+    uris: list[str]
+    counts: list[int]
 
-    def _shingles(self, index: int) -> np.ndarray:
-        part = int(np.searchsorted(self.starts, index, side="right") - 1)
-        return self.readers[part].shingles_of(index - int(self.starts[part]))
+    @classmethod
+    def load(cls, output: str, count: int) -> PartSet:
+        uris = [part_uri(output, i, count) for i in range(count)]
+        for uri in uris:
+            if not is_done(uri):
+                raise storage.StorageError(f"{uri}: part not finished; scan it first", retryable=True)
+        return cls(uris, [document_count(uri) for uri in uris])
 
-    def similarity(self, pairs: np.ndarray) -> np.ndarray:
-        from .dedup.minhash import exact_jaccard
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate(([0], np.cumsum(self.counts))).astype(np.int64)
 
-        return np.array([exact_jaccard(self._shingles(a), self._shingles(b)) for a, b in pairs.tolist()])
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts))
+
+    def files(self, index: int) -> PartFiles:
+        return PartFiles(self.uris[index], self.counts[index])

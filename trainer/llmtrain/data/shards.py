@@ -21,7 +21,7 @@ from .. import storage
 _SPLIT_MIX = np.uint64(0x9E3779B97F4A7C15)
 BLOCK_BYTES = 4 << 20  # the unit a trainer fetches from S3 and verifies (`train/shard_cache.py`)
 #: A shard's path below the output, as the manifest lists it; a reader follows no other.
-SHARD_PATH = re.compile(r"(train|validation)/shard-[0-9]{5,}\.bin")
+SHARD_PATH = re.compile(r"(train|validation)/shard-([0-9]{5,}-)?[0-9]{5,}\.bin")
 #: A SHA-256 as the manifest writes it (the block cache names its files by it).
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -87,8 +87,12 @@ class BlockHashes:
 class ShardWriter:
     """Appends token ids of one split and rolls over to a new shard every `shard_tokens`."""
 
-    def __init__(self, split: str, root_uri: str, dtype: np.dtype, shard_tokens: int, staging: Path) -> None:
+    def __init__(
+        self, split: str, root_uri: str, dtype: np.dtype, shard_tokens: int, staging: Path, prefix: str = ""
+    ) -> None:
+        """`prefix` goes before each shard's number (`<split>/shard-<prefix><n>.bin`): a part's own shards."""
         self.split, self.root_uri, self.dtype, self.shard_tokens = split, root_uri, dtype, shard_tokens
+        self.prefix = prefix
         self.staging = staging
         self.shards: list[ShardInfo] = []
         self.documents = 0
@@ -102,11 +106,11 @@ class ShardWriter:
         return sum(s.tokens for s in self.shards) + self._filled
 
     def _relative(self, index: int) -> str:
-        return f"{self.split}/shard-{index:05d}.bin"
+        return f"{self.split}/shard-{self.prefix}{index:05d}.bin"
 
     def _open(self) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
-        self._path = self.staging / f"{self.split}-{len(self.shards):05d}.bin"
+        self._path = self.staging / f"{self.split}-{self.prefix}{len(self.shards):05d}.bin"
         self._handle = self._path.open("wb")
         self._hash = hashlib.sha256()
         self._blocks = BlockHashes()

@@ -79,8 +79,8 @@ class MinHasher:
         return self.signature_of(self.shingle_hashes(text))
 
     def signature_and_shingles(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """The signature and the shingle hashes (kept for exact verification of candidates)."""
-        shingles = self.shingle_hashes(text)
+        """The signature and the distinct shingle hashes, sorted (kept for exact verification of candidates)."""
+        shingles = distinct_sorted(self.shingle_hashes(text))
         return self.signature_of(shingles), shingles
 
     def signature_of(self, shingles: np.ndarray) -> np.ndarray:
@@ -94,6 +94,17 @@ class MinHasher:
                 block = shingles[start : start + step, None] * self._a[None, :] + self._b[None, :]
                 np.minimum(out, block.min(axis=0), out=out)
         return out
+
+
+def distinct_sorted(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (a sort and a neighbour comparison: cheaper than `np.unique` here)."""
+    ordered = np.sort(values)
+    if len(ordered) < 2:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
 
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
