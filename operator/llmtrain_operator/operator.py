@@ -34,6 +34,7 @@ from llmtrain.api import KINDS
 from llmtrain.api.common import GROUP, VERSION
 from llmtrain.control import Reconciler
 from llmtrain.core import Plan, naming
+from llmtrain.core.reconcile import dependency_keys
 
 from .cache import WatchCache
 from .kubestore import Connection, KubeStore
@@ -127,16 +128,11 @@ class Operator:
         return plan
 
     def _enqueue_dependents(self, kind: str, namespace: str, name: str) -> None:
-        """A DataSource's or TrainingRun's change can unblock the resources that wait on it."""
-        wanted = (
-            [("TrainingRun", "dataSourceRef"), ("ModelExport", "dataSourceRef")]
-            if kind == "DataSource"
-            else [("ModelExport", "trainingRunRef")]
-        )
-        for dependent, field in wanted:
-            for item in self.store.list(dependent, namespace):
-                if ((item.get("spec") or {}).get(field) or {}).get("name") == name:
-                    self.queue.add((dependent, namespace, item["metadata"]["name"]))
+        """A resource's change can unblock the resources whose dependencies (`dependency_keys`) name it."""
+        for dependent in KINDS:
+            for item in self.store.list(dependent.KIND, namespace):
+                if (kind, name) in dependency_keys({"kind": dependent.KIND, **item}):
+                    self.queue.add((dependent.KIND, namespace, item["metadata"]["name"]))
 
     def resync(self) -> None:
         """Enqueue every resource (the level-based safety net against missed events)."""

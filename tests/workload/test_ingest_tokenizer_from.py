@@ -47,6 +47,30 @@ def test_a_previous_ingests_tokenizer_gives_the_same_shards(shakespeare):
     assert manifest["tokenizer"]["from"] == "first/tokenizer" and manifest["tokenizer"]["vocabSize"] == 1024
 
 
+def test_a_datasource_shares_another_ones_tokenizer_from_the_same_run_file(shakespeare):
+    """tokenizer.fromDataSourceRef: `llmtrain ingest` takes the named DataSource's output in the same run
+    file, once it is ingested (before that: exit 2 saying so)."""
+    import yaml
+
+    plays = data_source("plays", output={"uri": "plays-out", "shardTokens": 50_000})
+    sharing = data_source(
+        "sharing", tokenizer={"type": "bpe", "vocabSize": 1024, "fromDataSourceRef": {"name": "plays"}}
+    )
+    run_file = shakespeare / "two.yaml"
+    run_file.write_text(yaml.safe_dump_all([plays, sharing]))
+    early = run_ingest("-f", str(run_file), "--name", "sharing", "--output", str(shakespeare / "sharing"))
+    assert early.code == 2 and "DataSource plays has not been ingested yet" in early.report["error"]
+    assert run_ingest("-f", str(run_file), "--name", "plays").code == 0
+    shared = run_ingest("-f", str(run_file), "--name", "sharing", "--output", str(shakespeare / "sharing"))
+    assert shared.code == 0, shared.stderr
+    for name in ("tokenizer.json", "tokenizer_meta.json"):
+        assert (shakespeare / "sharing/tokenizer" / name).read_bytes() == (
+            shakespeare / "plays-out/tokenizer" / name
+        ).read_bytes()
+    manifest = json.loads((shakespeare / "sharing/manifest.json").read_text())
+    assert manifest["tokenizer"]["from"] == str(shakespeare / "plays-out" / "tokenizer")
+
+
 def test_a_tokenizers_library_bpe_encodes_the_shards(shakespeare):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -4,8 +4,12 @@ losses as the local copy, an exact resume with a fresh cache, each block fetched
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import yaml
 from workload.test_train import dataset, losses, run_spec, train  # noqa: F401 - dataset is a fixture
 
 
@@ -36,3 +40,29 @@ def test_two_ranks_read_an_s3_dataset_in_place_and_resume_exactly(tmp_path, data
     env["LLMTRAIN_CACHE_DIR"] = str(tmp_path / "fresh-cache")  # a new pod: a cold cache
     assert train(spec, remote, outputs, 2, outputs=outputs, env=env) == 0
     assert losses(outputs) == losses(tmp_path / "local")
+
+    # export reads the same S3 dataset in place too: validation blocks through the cache, the tokenizer
+    export = {
+        "apiVersion": "llmtrain.dev/v1alpha1",
+        "kind": "ModelExport",
+        "metadata": {"name": "tiny-export"},
+        "spec": {"checkpointUri": str(outputs), "dataSourceRef": {"name": "corpus"}, "formats": ["safetensors"]},
+    }
+    (tmp_path / "export.yaml").write_text(yaml.safe_dump(export))
+    cache = tmp_path / "export-cache"
+    exported = subprocess.run(
+        [
+            *(sys.executable, "-m", "llmtrain.cli", "export", "-f", str(tmp_path / "export.yaml"), "--data", remote),
+            *("--output", str(tmp_path / "export"), "--cache", str(cache)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert json.loads(exported.stdout.strip().splitlines()[-1])["passed"]
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    train_bytes = sum((dataset / s["path"]).stat().st_size for s in manifest["splits"]["train"]["shards"])
+    cached = sum(p.stat().st_size for p in (cache / "shards" / "blocks").rglob("*") if p.is_file())
+    assert 0 < cached < train_bytes and not (cache / "datasets").exists()  # the train split is never copied

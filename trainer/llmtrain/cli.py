@@ -91,9 +91,11 @@ def _ingest(args: argparse.Namespace) -> int:
             raise SpecError([], "no output: set spec.output.uri or pass --output")
         if "://" not in output and args.output is None:
             output = str(base_dir / output)
+        from .data.imported_tokenizer import shared_from_run_file
         from .data.pipeline import INDEXED, ingest
 
         _check_stage_arguments(args, INDEXED)
+        source = shared_from_run_file(source, resources, base_dir)
 
         report = ingest(
             source,

@@ -151,14 +151,16 @@ def _list_s3(uri: str, pattern: str, client: Any) -> list[Entry]:
 
 
 @contextlib.contextmanager
-def open_read(uri: str, client: Any = None) -> Iterator[IO[bytes]]:
-    """A binary stream of the object; S3 bodies are streamed, never read whole."""
+def open_read(uri: str, client: Any = None, start: int = 0) -> Iterator[IO[bytes]]:
+    """A binary stream of the object from byte `start` on (a ranged GET on S3); S3 bodies are streamed,
+    never read whole."""
     if is_s3(uri):
         from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split_s3(uri)
+        ranged = {"Range": f"bytes={start}-"} if start else {}
         try:
-            body = (client or s3_client()).get_object(Bucket=bucket, Key=key)["Body"]
+            body = (client or s3_client()).get_object(Bucket=bucket, Key=key, **ranged)["Body"]
         except (ClientError, BotoCoreError) as exc:
             raise s3_error(uri, exc) from exc
         try:
@@ -171,6 +173,7 @@ def open_read(uri: str, client: Any = None) -> Iterator[IO[bytes]]:
         except OSError as exc:
             raise StorageError(f"{uri}: {exc.strerror}") from exc
         with handle:
+            handle.seek(start)
             yield handle
 
 
@@ -296,13 +299,6 @@ def download_tree(uri: str, target: Path, client: Any = None, reuse: bool = True
     temp.write_text(json.dumps(record))
     os.replace(temp, record_path)
     return target
-
-
-def local_dataset(uri: str, cache: Path) -> Path:
-    """A local directory holding the dataset at `uri`: the path itself, or an S3 copy in `cache`."""
-    if not is_s3(uri):
-        return local_path(uri)
-    return download_tree(uri, cache / "datasets" / uri.replace("s3://", "").replace("/", "_"))
 
 
 def delete(uri: str, client: Any = None) -> None:

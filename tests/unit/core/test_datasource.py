@@ -114,3 +114,35 @@ def test_a_running_datasource_shows_its_stage_parts_rate_and_eta(bodies, cluster
     )
     ingested = reconcile({**running, "status": dedup.status}, last, cluster, NOW).status
     assert ingested["phase"] == "Succeeded" and not set(STAGE_FIELDS) & set(ingested)
+
+
+def test_a_shared_tokenizer_waits_for_its_datasource_then_reads_its_tokenizer_uri(bodies, cluster):
+    """tokenizer.fromDataSourceRef: nothing runs until that DataSource is Ready; then the ingest reads the
+    tokenizer it reports (its claim mounted), as `tokenizer.from` would."""
+    books = copy.deepcopy(bodies["DataSource"])
+    books["metadata"]["name"] = "books"
+    books["spec"]["tokenizer"]["fromDataSourceRef"] = {"name": "shakespeare"}
+    waiting = reconcile(books, Observed(), cluster, NOW)
+    assert waiting.actions == [] and waiting.status["phase"] == "Pending"
+    assert "DataSource shakespeare does not exist yet" in waiting.status["message"]
+    shared = "pvc://shared/team-a/datasources/shakespeare/tokenizer"
+    other = {**bodies["DataSource"], "status": {"phase": "Succeeded", "tokenizerUri": shared}}
+    other["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    created = plan_objects(books, cluster, dependencies={("DataSource", "shakespeare"): other})
+    (configmap,) = [o for o in created if o["kind"] == "ConfigMap"]
+    document = next(iter(configmap["data"].values()))
+    assert f"from: {shared}" in document and "fromDataSourceRef" not in document
+    (job,) = [o for o in created if o["kind"] == "Job"]
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert "shared" in claims
+
+
+def test_a_datasource_cannot_share_its_own_tokenizer(bodies, cluster):
+    ds = copy.deepcopy(bodies["DataSource"])
+    ds["spec"]["tokenizer"]["fromDataSourceRef"] = {"name": "shakespeare"}
+    plan = reconcile(ds, Observed(), cluster, NOW)
+    assert plan.status["phase"] == "Failed" and "spec.tokenizer.fromDataSourceRef" in plan.status["message"]

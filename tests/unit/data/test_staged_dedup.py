@@ -37,7 +37,7 @@ def _write_parts(root, docs: list[str], count: int, layout: parts.BandLayout) ->
     output = str(root / "out")
     bounds = np.linspace(0, len(docs), count + 1).astype(int)
     for i in range(count):
-        writer = parts.PartWriter(root / f"staging-{i}", layout)
+        writer = parts.PartWriter(root / f"staging-{i}", layout, 112)
         for text in docs[bounds[i] : bounds[i + 1]]:
             signature, shingles = hasher.signature_and_shingles(text)
             writer.add(text, content_hash(text), signature if layout.near else None, shingles)

@@ -107,14 +107,16 @@ def test_a_transition_enqueues_the_dependents_instead_of_reconciling_them(operat
         resource("TrainingRun", "tiny", dataSourceRef={"name": "corpus"}),
         resource("TrainingRun", "other", dataSourceRef={"name": "elsewhere"}),
         resource("ModelExport", "tiny-export", dataSourceRef={"name": "corpus"}),
+        resource("DataSource", "sharing", tokenizer={"fromDataSourceRef": {"name": "corpus"}}),
     ]
     operator.store.relist()
     operator.reconciler = fake = FakeReconciler([FakePlan(events=["Ingested"])])
     operator.reconcile("DataSource", "team-a", "corpus")
     assert [key for key, _ in fake.calls] == [("DataSource", "team-a", "corpus")]  # only the one asked for
-    assert {operator.queue.get(0), operator.queue.get(0), operator.queue.get(0)} == {
+    assert {operator.queue.get(0) for _ in range(4)} == {
         ("TrainingRun", "team-a", "tiny"),
         ("ModelExport", "team-a", "tiny-export"),
+        ("DataSource", "team-a", "sharing"),  # its tokenizer is corpus's
         None,
     }
 

@@ -12,6 +12,7 @@ from .common import (
     Conditions,
     Failure,
     Image,
+    LocalObjectReference,
     ObjectName,
     PodResources,
     SecretKeySelector,
@@ -248,7 +249,15 @@ class SpecialTokens(ApiModel):
 
 
 class TokenizerSpec(ApiModel):
-    """The tokenizer trained on a sample of the cleaned corpus, or an existing one (`from`)."""
+    """The tokenizer trained on a sample of the cleaned corpus, or an existing one (`from`,
+    `fromDataSourceRef`)."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "!(has(self.from) && has(self.fromDataSourceRef))",
+            "set tokenizer.from or tokenizer.fromDataSourceRef, not both",
+        ),
+    )
 
     type: Literal["bpe", "wordpiece", "unigram"] = Field(
         default="bpe", description="bpe (byte-level), wordpiece, or unigram (SentencePiece)."
@@ -267,6 +276,13 @@ class TokenizerSpec(ApiModel):
         " WordPiece), a SentencePiece unigram .model, or a folder holding one (another DataSource's"
         " <output>/tokenizer); s3://, pvc:// or (local runner) a path. type, vocabSize and specialTokens must"
         " describe it (special tokens at ids 0-3); trainSampleBytes is not used.",
+    )
+    from_data_source_ref: LocalObjectReference | None = Field(
+        default=None,
+        alias="fromDataSourceRef",
+        description="Use the tokenizer of this DataSource (same namespace), so that several DataSources share one"
+        " vocabulary: the operator waits until it is Ready and reads its status.tokenizerUri; `llmtrain ingest`"
+        " takes its output from the same run file. Checked as `from` is.",
     )
 
 

@@ -81,7 +81,29 @@ def child_keys(body: dict[str, Any]) -> list[ChildKey]:
 
 
 def dependency_keys(body: dict[str, Any], found: dict[ChildKey, dict[str, Any]] | None = None) -> list[ChildKey]:
-    return []
+    """The DataSource whose tokenizer this one uses (`tokenizer.fromDataSourceRef`), if any."""
+    tokenizer = ((body.get("spec") or {}).get("tokenizer") or {}) if isinstance(body.get("spec"), dict) else {}
+    name = (tokenizer.get("fromDataSourceRef") or {}).get("name") if isinstance(tokenizer, dict) else None
+    return [(KIND, name)] if isinstance(name, str) and name else []
+
+
+def with_shared_tokenizer(source: DataSource, observed: Observed, status: StatusBuilder) -> DataSource | None:
+    """The DataSource with `tokenizer.fromDataSourceRef` resolved to that DataSource's tokenizer URI
+    (`tokenizer.from`), once it is Ready; None while it waits (the status says for what)."""
+    ref = source.spec.tokenizer.from_data_source_ref
+    if ref is None:
+        return source
+    if ref.name == source.name:
+        raise uris.PlacementError("spec.tokenizer.fromDataSourceRef", "a DataSource cannot use its own tokenizer")
+    found = ready(observed, ref.name, status, None)
+    if found is None:
+        return None
+    uri = (found.get("status") or {}).get("tokenizerUri")
+    if not isinstance(uri, str) or not uri:
+        status.waiting_for("WaitingForDataSource", f"DataSource {ref.name} reports no tokenizerUri yet")
+        return None
+    tokenizer = source.spec.tokenizer.model_copy(update={"from_uri": uri, "from_data_source_ref": None})
+    return source.model_copy(update={"spec": source.spec.model_copy(update={"tokenizer": tokenizer})})
 
 
 #: The status fields that follow a running stage (cleared once the DataSource is ingested).
@@ -170,7 +192,10 @@ def reconcile(
 ) -> Outcome:
     """The ingest Job, or the stage Jobs one after another (workers > 1); Succeeded with the stats once
     the last Job completes."""
-    built = build(body, source, ctx)
+    resolved = with_shared_tokenizer(source, observed, status)
+    if resolved is None:
+        return Outcome()
+    built = build(body, resolved, ctx)
     sequence = built.sequence(source.spec.workers)
     desired, deletions, state = jobs.run_in_turn(
         status, [(job, pods, what) for job, pods, what, _ in sequence], observed

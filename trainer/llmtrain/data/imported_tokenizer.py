@@ -5,6 +5,9 @@ fallback, identity normalization: what `unigram_as_hf` reproduces), or a folder 
 previous ingest's `<output>/tokenizer/`). It must match the spec: `type` and `vocabSize` describe it, the
 special tokens sit at this project's fixed ids (bos=0, eos=1, pad=2, unk=3), and every id fits the shard
 dtype. Anything else is refused with BadInput naming the field and the fix.
+
+`spec.tokenizer.fromDataSourceRef` names another DataSource instead: the operator resolves it from that
+DataSource's status; `llmtrain ingest` from the same run file (`shared_from_run_file`).
 """
 
 from __future__ import annotations
@@ -15,13 +18,35 @@ from pathlib import Path
 import numpy as np
 
 from .. import storage
-from ..api.datasource import TokenizerSpec
+from ..api.datasource import DataSource, TokenizerSpec
 from .shards import token_dtype
 from .tokenizer import SPECIAL_ORDER, Tokenizer, TokenizerError
 
 FIELD = "spec.tokenizer.from"
 HF_FILE, SPM_FILE = "tokenizer.json", "tokenizer.model"
 _HF_KINDS = {"BPE": "bpe", "WordPiece": "wordpiece"}
+
+
+def shared_from_run_file(source: DataSource, resources: list, base_dir: Path) -> DataSource:
+    """`source` with `tokenizer.fromDataSourceRef` replaced by `tokenizer.from`: the tokenizer folder of
+    the DataSource it names in the same run file, which must have been ingested."""
+    ref = source.spec.tokenizer.from_data_source_ref
+    if ref is None:
+        return source
+    field = "spec.tokenizer.fromDataSourceRef"
+    other = next((r for r in resources if isinstance(r, DataSource) and r.name == ref.name), None)
+    if other is None or other.name == source.name or not other.spec.output.uri:
+        raise TokenizerError(
+            f"{field}: no other DataSource {ref.name} with an output.uri in this run file; add it, or point"
+            " tokenizer.from at its output's tokenizer folder"
+        )
+    output = resolve(other.spec.output.uri, base_dir)
+    if not storage.exists(storage.join(output, "manifest.json")):
+        raise TokenizerError(f"{field}: DataSource {ref.name} has not been ingested yet ({output}): ingest it first")
+    tokenizer = source.spec.tokenizer.model_copy(
+        update={"from_uri": storage.join(output, "tokenizer"), "from_data_source_ref": None}
+    )
+    return source.model_copy(update={"spec": source.spec.model_copy(update={"tokenizer": tokenizer})})
 
 
 def resolve(uri: str, base_dir: Path) -> str:

@@ -23,6 +23,7 @@ are spilled in sorted runs of `RUN_DOCUMENTS` and merged one key-range group at 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from collections.abc import Iterator
@@ -41,8 +42,9 @@ RECORD = np.dtype([("key", "<u8"), ("check", "<u8"), ("id", "<u4")])
 #: key ranges per band: a record's range is the top `RANGE_BITS` bits of its key
 RANGE_BITS = 10
 RANGES = 1 << RANGE_BITS
-#: band records held in memory before they are spilled, sorted, to disk
-RUN_DOCUMENTS = 32768
+#: documents whose signatures are held (in one preallocated array) before their band records are
+#: spilled, sorted, to disk: 16,384 x 112 permutations x 4 bytes = 7 MiB
+RUN_DOCUMENTS = 16384
 #: records sorted at once when the spilled runs are merged
 MERGE_RECORDS = 1 << 20
 FILES = (
@@ -94,11 +96,12 @@ def sort_records(records: np.ndarray, exact: bool) -> np.ndarray:
 class _BandSpill:
     """Band records in sorted runs on local disk, merged into `bands.bin` one key-range group at a time."""
 
-    def __init__(self, staging: Path, layout: BandLayout) -> None:
+    def __init__(self, staging: Path, layout: BandLayout, num_perm: int) -> None:
         self.staging, self.layout = staging, layout
         self.runs: list[tuple[Path, np.ndarray]] = []  # (file, per band: RANGES + 1 record offsets)
-        self.signatures: list[np.ndarray] = []
-        self.hashes: list[tuple[int, int]] = []
+        self.signatures = np.zeros((RUN_DOCUMENTS, num_perm if layout.near else 0), dtype=np.uint32)
+        self.hashes = np.zeros((RUN_DOCUMENTS, 2), dtype=np.uint64)
+        self.filled = 0
         self.first_id = 0
         self.seconds = 0.0  # spent on runs (merging is timed by the writer)
 
@@ -106,43 +109,42 @@ class _BandSpill:
         if not self.layout.count:  # no dedup: no bands
             return
         if self.layout.near:
-            self.signatures.append(signature)
-        self.hashes.append(content_hash)
-        if len(self.hashes) == RUN_DOCUMENTS:
+            self.signatures[self.filled] = signature
+        self.hashes[self.filled] = content_hash
+        self.filled += 1
+        if self.filled == RUN_DOCUMENTS:
             self.flush()
 
-    def _records(self) -> list[np.ndarray]:
-        """This run's records per band, sorted."""
-        count = len(self.hashes)
-        hashes = np.array(self.hashes, dtype=np.uint64).reshape(-1, 2)
+    def _band_records(self) -> Iterator[np.ndarray]:
+        """This run's records, one band at a time, sorted."""
+        count = self.filled
+        hashes = self.hashes[:count]
         ids = np.arange(self.first_id, self.first_id + count, dtype=np.uint32)
-        out = []
         if self.layout.near:
-            keys = band_keys(np.stack(self.signatures), self.layout.near)
+            keys = band_keys(self.signatures[:count], self.layout.near)
             for band in range(self.layout.near):
                 records = np.empty(count, RECORD)
                 records["key"], records["check"], records["id"] = keys[:, band], hashes[:, 0], ids
-                out.append(sort_records(records, exact=False))
+                yield sort_records(records, exact=False)
         if self.layout.exact:
             records = np.empty(count, RECORD)
             records["key"], records["check"], records["id"] = hashes[:, 0], hashes[:, 1], ids
-            out.append(sort_records(records, exact=True))
-        return out
+            yield sort_records(records, exact=True)
 
     def flush(self) -> None:
-        if not self.hashes:
+        if not self.filled:
             return
         started = time.perf_counter()
         path = self.staging / f"run-{len(self.runs):06d}.tmp"
         offsets = np.zeros((self.layout.count, RANGES + 1), dtype=np.int64)
         with path.open("wb") as handle:
-            for band, records in enumerate(self._records()):
+            for band, records in enumerate(self._band_records()):
                 offsets[band] = np.searchsorted(key_range(records["key"]), np.arange(RANGES + 1))
                 handle.write(records.tobytes())
         self.runs.append((path, offsets))
         self.seconds += time.perf_counter() - started
-        self.first_id += len(self.hashes)
-        self.signatures, self.hashes = [], []
+        self.first_id += self.filled
+        self.filled = 0
 
     def merge(self, bands_path: Path, offsets_path: Path) -> None:
         """Every band's records in key order into `bands_path`; the key ranges' starts into `offsets_path`."""
@@ -180,7 +182,8 @@ class _BandSpill:
 class PartWriter:
     """Writes one part into a local staging directory; `publish` puts it in place, DONE last."""
 
-    def __init__(self, staging: Path, layout: BandLayout) -> None:
+    def __init__(self, staging: Path, layout: BandLayout, num_perm: int = 0) -> None:
+        """`num_perm`: the MinHash signatures' width (with near bands)."""
         import zstandard
 
         self.staging = staging
@@ -191,7 +194,7 @@ class PartWriter:
         self._offsets = (staging / "offsets.bin").open("wb")
         self._hashes = (staging / "hashes.bin").open("wb")
         self._sizes = (staging / "sizes.bin").open("wb")
-        self._bands = _BandSpill(staging, layout)
+        self._bands = _BandSpill(staging, layout, num_perm)
         self._shingle_end = 0
         self._offsets.write(np.int64(0).tobytes())
         self.documents = 0
@@ -233,35 +236,54 @@ def is_done(uri: str) -> bool:
     return storage.exists(storage.join(uri, "DONE"))
 
 
-def document_count(uri: str) -> int:
+def document_count(uri: str, client: Any = None) -> int:
     """The documents a finished part holds (from its DONE)."""
-    count = json.loads(storage.read_bytes(storage.join(uri, "DONE"))).get("documents")
+    count = json.loads(storage.read_bytes(storage.join(uri, "DONE"), client)).get("documents")
     if not isinstance(count, int) or count < 0:
         raise storage.StorageError(f"{uri}/DONE: no document count; rerun the scan", retryable=False)
     return count
 
 
 class PartFiles:
-    """Random access to a finished part's arrays: memory maps on a local path, ranged reads on S3."""
+    """Random access to a finished part's arrays: `pread` on a local path (no memory map, so the pages
+    read are not held in the reader's memory), ranged reads on S3."""
 
-    def __init__(self, uri: str, documents: int) -> None:
+    def __init__(self, uri: str, documents: int, client: Any = None) -> None:
+        """`client`: the S3 client to read with (one is made when None); thread-safe once made."""
         self.uri, self.documents = uri, documents
-        self._maps: dict[str, np.ndarray] = {}
+        self._client = client if client is not None or not storage.is_s3(uri) else storage.s3_client()
+        self._files: dict[str, int] = {}
 
     def slice(self, name: str, dtype: np.dtype | type, start: int, stop: int) -> np.ndarray:
         """Items `start..stop` of the array in file `name`."""
         dtype = np.dtype(dtype)
         if stop <= start:
             return np.zeros(0, dtype)
+        offset, length = start * dtype.itemsize, (stop - start) * dtype.itemsize
         if storage.is_s3(self.uri):
-            data = storage.read_range(
-                storage.join(self.uri, name), start * dtype.itemsize, (stop - start) * dtype.itemsize
-            )
-            return np.frombuffer(data, dtype=dtype)
-        if name not in self._maps:
+            data = storage.read_range(storage.join(self.uri, name), offset, length, self._client)
+        else:
+            data = os.pread(self._descriptor(name), length, offset)
+        if len(data) != length:
+            raise storage.StorageError(f"{self.uri}/{name}: shorter than its index says; rerun the scan")
+        return np.frombuffer(data, dtype=dtype)
+
+    def _descriptor(self, name: str) -> int:
+        if name not in self._files:
             path = storage.local_path(storage.join(self.uri, name))
-            self._maps[name] = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
-        return np.asarray(self._maps[name][start:stop])
+            try:
+                self._files[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise storage.StorageError(f"{path}: {exc.strerror}; rerun the scan") from exc
+        return self._files[name]
+
+    def close(self) -> None:
+        for descriptor in self._files.values():
+            os.close(descriptor)
+        self._files.clear()
+
+    def __del__(self) -> None:
+        self.close()
 
     def band_range(self, band: int, first: int, last: int) -> np.ndarray:
         """The band's records whose key range is in `first..last-1`, in key order."""
@@ -279,13 +301,13 @@ class PartFiles:
         return self.slice("sizes.bin", np.int64, 0, self.documents)
 
     def stats(self) -> dict[str, Any]:
-        return json.loads(storage.read_bytes(storage.join(self.uri, "stats.json")))
+        return json.loads(storage.read_bytes(storage.join(self.uri, "stats.json"), self._client))
 
     def documents_text(self) -> Iterator[str]:
         """The part's documents in order, streamed."""
         import zstandard
 
-        with storage.open_read(storage.join(self.uri, "docs.zst")) as handle:
+        with storage.open_read(storage.join(self.uri, "docs.zst"), self._client) as handle:
             reader = zstandard.ZstdDecompressor().stream_reader(handle)
             while header := _read_exact(reader, _LENGTH.size):
                 (length,) = _LENGTH.unpack(header)
@@ -309,18 +331,21 @@ def _read_exact(reader: Any, size: int) -> bytes:
 
 @dataclass(frozen=True)
 class PartSet:
-    """The `count` finished parts of an output, with where each one's documents start globally."""
+    """The `count` finished parts of an output, with where each one's documents start globally, and
+    the one S3 client they are read with (None for a local output)."""
 
     uris: list[str]
     counts: list[int]
+    client: Any = None
 
     @classmethod
     def load(cls, output: str, count: int) -> PartSet:
+        client = storage.s3_client() if storage.is_s3(output) else None
         uris = [part_uri(output, i, count) for i in range(count)]
         for uri in uris:
-            if not is_done(uri):
+            if not storage.exists(storage.join(uri, "DONE"), client):
                 raise storage.StorageError(f"{uri}: part not finished; scan it first", retryable=True)
-        return cls(uris, [document_count(uri) for uri in uris])
+        return cls(uris, [document_count(uri, client) for uri in uris], client)
 
     @property
     def starts(self) -> np.ndarray:
@@ -331,4 +356,4 @@ class PartSet:
         return int(sum(self.counts))
 
     def files(self, index: int) -> PartFiles:
-        return PartFiles(self.uris[index], self.counts[index])
+        return PartFiles(self.uris[index], self.counts[index], self.client)

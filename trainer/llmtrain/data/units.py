@@ -6,8 +6,9 @@ a contiguous run of them, balanced by bytes: the parts' documents, concatenated 
 of one sequential read whatever the number of parts, so the kept set and the output bytes do not depend
 on it.
 
-Only local and PVC files are split: by bytes where documents are lines (`jsonl`, `txt` with
-`txtUnit: line`) and the file is uncompressed UTF-8 (its first bytes say so), by row groups for parquet.
+Local, PVC and S3 files are split by bytes where documents are lines (`jsonl`, `txt` with
+`txtUnit: line`) and the file is uncompressed UTF-8 (its first bytes say so: one ranged GET on S3; each
+S3 range is then read with a ranged GET from its own offset); local and PVC parquet files by row groups.
 A file is split when it is larger than its part's share of the input bytes (and than
 `MIN_RANGE_BYTES`), into ranges of about that share.
 """
@@ -62,24 +63,29 @@ def divide(spec: DataSourceSpec, inputs: list[InputRef], count: int) -> list[lis
 def _units(spec: DataSourceSpec, ref: InputRef, share: int) -> list[Unit]:
     size = ref.size or 0
     source = spec.sources[ref.source]
-    if size <= share or (source.local is None and source.pvc is None):
+    on_files = source.local is not None or source.pvc is not None
+    if size <= share or not (on_files or source.s3 is not None):
         return [Unit.whole(ref)]
     pieces = -(-size // share)
     kind = format_of(ref.uri, spec.format)
     if kind == "parquet":
-        return _row_group_units(ref, pieces)
-    if (kind == "jsonl" or (kind == "txt" and spec.txt_unit == "line")) and _plain_utf8(ref):
+        return _row_group_units(ref, pieces) if on_files else [Unit.whole(ref)]
+    if (kind == "jsonl" or (kind == "txt" and spec.txt_unit == "line")) and _plain_utf8(spec, ref):
         bounds = [size * k // pieces for k in range(pieces + 1)]
         return [Unit(ref, start, end, size=end - start) for start, end in itertools.pairwise(bounds)]
     return [Unit.whole(ref)]
 
 
-def _plain_utf8(ref: InputRef) -> bool:
+def _plain_utf8(spec: DataSourceSpec, ref: InputRef) -> bool:
     """Whether a file's byte range can be read on its own: not compressed, not UTF-16/32."""
-    from .sources import files
+    from .sources import files, s3
 
-    with files.open_file(ref.uri, ref.root) as handle:
-        head = handle.read(_HEAD_BYTES)
+    source = spec.sources[ref.source]
+    if source.s3 is not None:
+        head = s3.read_head(source.s3, ref.uri, _HEAD_BYTES)
+    else:
+        with files.open_file(ref.uri, ref.root) as handle:
+            head = handle.read(_HEAD_BYTES)
     return compression_of(head) is None and text_encoding_of(head) is None
 
 

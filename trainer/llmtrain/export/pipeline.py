@@ -36,6 +36,24 @@ class ValidationFailed(BadInput):
     """An artifact failed its deployment check (permanent: the same checkpoint fails the same way)."""
 
 
+def _open_dataset(data: str, cache: Path) -> tuple[Dataset, Path]:
+    """The dataset and its tokenizer folder. A local or `pvc://` dataset is read in place (its shards
+    checked against manifest.json); an `s3://` one is not copied: the validation blocks export reads are
+    fetched through the block cache (each checked as it arrives), and only the tokenizer is downloaded."""
+    if not storage.is_s3(data):
+        dataset = Dataset.open(storage.local_path(data))
+        dataset.verify_shards()
+        return dataset, dataset.root / dataset.manifest["tokenizer"]["path"]
+    from ..train.remote_data import RemoteDataset
+    from ..train.shard_cache import BlockCache, budget_from_env
+
+    dataset = RemoteDataset.open_remote(data, BlockCache(cache / "shards", budget_from_env(), stats_name="export"))
+    folder = dataset.manifest["tokenizer"]["path"]
+    if folder != "tokenizer":  # ingest writes it there; anything else is not a manifest of ours
+        raise BadInput(f"{data}/manifest.json: tokenizer.path {folder!r} is not 'tokenizer'; rerun the DataSource")
+    return dataset, storage.download_tree(storage.join(data, folder), cache / "dataset-tokenizer", reuse=False)
+
+
 def _prompts(dataset: Dataset, max_len: int) -> list[list[int]]:
     """Fixed prompts from the validation split, of three lengths."""
     stream = dataset.stream("validation")
@@ -84,8 +102,7 @@ def export(
         raise ExportError(f"spec.formats: {unsupported} cannot be exported")
     found = resolve(checkpoint_uri, spec.checkpoint, spec.step)
     logs.audit("ExportStarted", export=resource.name, checkpoint=found.uri, step=found.step)
-    dataset = Dataset.open(storage.local_dataset(data, cache))  # an s3:// dataset is copied to the cache
-    dataset.verify_shards()
+    dataset, tokenizer_dir = _open_dataset(data, cache)
     model = load(found, cache)
     if model.config.vocab_size != dataset.vocab_size:
         raise ExportError(
@@ -93,7 +110,6 @@ def export(
             f" ({dataset.vocab_size}): --data must be the DataSource the run trained on"
         )
     check_spec(model, LlamaConfig.from_spec(run_model, dataset.vocab_size) if run_model else None)
-    tokenizer_dir = dataset.root / dataset.manifest["tokenizer"]["path"]
     training_tokenizer = tokenizers.load(tokenizer_dir)
     check_tokenizer(training_tokenizer, model.config.vocab_size, str(tokenizer_dir))
     max_len = model.config.max_seq_len

@@ -36,6 +36,7 @@ class MinHasher:
         self._mix = rng.integers(1, 2**63, max(ngram, 1), dtype=np.uint64) | np.uint64(1)
         self._powers = np.ones(1, dtype=np.uint64)
         self._inverse_powers = np.ones(1, dtype=np.uint64)
+        self._block: np.ndarray | None = None  # the signature's work matrix, reused
 
     def _grow(self, length: int) -> None:
         if len(self._powers) >= length:
@@ -86,12 +87,16 @@ class MinHasher:
     def signature_of(self, shingles: np.ndarray) -> np.ndarray:
         if len(shingles) == 0:
             return np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
-        out = np.empty(self.num_perm, dtype=np.uint32)
+        out = np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
         step = max(1, (1 << 20) // self.num_perm)  # bound the temporary matrix to ~4 MB
-        out.fill(np.iinfo(np.uint32).max)
+        if self._block is None:
+            self._block = np.empty((step, self.num_perm), dtype=np.uint32)
         with np.errstate(over="ignore"):
             for start in range(0, len(shingles), step):
-                block = shingles[start : start + step, None] * self._a[None, :] + self._b[None, :]
+                piece = shingles[start : start + step]
+                block = self._block[: len(piece)]
+                np.multiply(piece[:, None], self._a[None, :], out=block)  # in place: no temporaries
+                np.add(block, self._b, out=block)
                 np.minimum(out, block.min(axis=0), out=out)
         return out
 

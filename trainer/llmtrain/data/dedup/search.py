@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ log = logging.getLogger("llmtrain.ingest")
 
 #: records (about 20 bytes each) one unit sorts at once
 UNIT_RECORDS = 4_000_000
+#: ranged GETs in flight while a unit reads its candidates' shingles from S3
+FETCH_THREADS = 32
 PAIR = np.dtype([("a", "<i8"), ("b", "<i8"), ("order_a", "<u8"), ("order_b", "<u8"), ("exact", "?")])
 
 
@@ -107,15 +110,30 @@ class Search:
 
     def _verified(self, pairs: np.ndarray) -> np.ndarray:
         """Mask of the pairs whose exact Jaccard similarity reaches the threshold."""
+        self._fetch_shingles(np.unique(np.concatenate([pairs["a"], pairs["b"]])))
         keep = np.zeros(len(pairs), dtype=bool)
         for i, (a, b) in enumerate(zip(pairs["a"].tolist(), pairs["b"].tolist(), strict=True)):
             keep[i] = sorted_jaccard(self._shingles_of(a), self._shingles_of(b)) >= self.threshold
         return keep
 
+    def _fetch_shingles(self, documents: np.ndarray) -> None:
+        """On S3, the documents' shingles with `FETCH_THREADS` ranged GETs in flight (each is a round
+        trip); local parts are memory-mapped and read on demand."""
+        if not documents.size or not any(storage.is_s3(f.uri) for f in self.files):
+            return
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            for document, shingles in zip(
+                documents.tolist(), pool.map(self._read_shingles, documents.tolist()), strict=True
+            ):
+                self._shingles[document] = shingles
+
+    def _read_shingles(self, document: int) -> np.ndarray:
+        part = int(np.searchsorted(self.starts, document, side="right") - 1)
+        return self.files[part].shingles(document - int(self.starts[part]))
+
     def _shingles_of(self, document: int) -> np.ndarray:
         if document not in self._shingles:
-            part = int(np.searchsorted(self.starts, document, side="right") - 1)
-            self._shingles[document] = self.files[part].shingles(document - int(self.starts[part]))
+            self._shingles[document] = self._read_shingles(document)
         return self._shingles[document]
 
 

@@ -57,20 +57,25 @@ def read_input(
     byte_range: tuple[int, int] | None = None,
     row_groups: tuple[int, int] | None = None,
 ) -> Iterator[Raw | Rejected]:
-    """The documents of one input; of a local or PVC file, only those of the records that begin in
-    `byte_range`, or of parquet row groups `row_groups` (`units.py`). Raises formats.InputError for a
-    corrupt input, SourceError when the source fails."""
-    from ..ranges import record_range
+    """The documents of one input; of a local, PVC or S3 file, only those of the records that begin in
+    `byte_range`; of a local or PVC parquet file, those of row groups `row_groups` (`units.py`). Raises
+    formats.InputError for a corrupt input, SourceError when the source fails."""
+    from ..ranges import lines_of, range_origin, record_range
     from . import files, hf, http, s3, sql
 
     source = spec.sources[ref.source]
-    if (byte_range or row_groups) and source.local is None and source.pvc is None:
-        raise ValueError(f"{ref.uri}: only local and PVC files are read in ranges")
+    if (row_groups and source.local is None and source.pvc is None) or (byte_range and source.http is not None):
+        raise ValueError(f"{ref.uri}: this source is not read in ranges")
     if source.sql is not None:
         yield from sql.iter_rows(source.sql, limit)
         return
     if source.huggingface is not None:
         yield from hf.iter_rows(ref.uri, source.huggingface, spec.text_field, limit)
+        return
+    if source.s3 is not None and byte_range is not None:  # the range's bytes only, from a ranged GET
+        with s3.open_object(source.s3, ref.uri, range_origin(byte_range[0])) as body:
+            records = record_range(lines_of(body), *byte_range, positioned=True)
+            yield from iter_documents(records, ref.uri, spec.format, spec.text_field, spec.txt_unit, limit, plain=True)
         return
     if source.s3 is not None:
         opened = s3.open_object(source.s3, ref.uri)

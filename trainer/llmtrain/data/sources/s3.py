@@ -29,6 +29,14 @@ def client_for(source: S3Source) -> Any:
     return storage.s3_client(creds)
 
 
+def read_head(source: S3Source, uri: str, size: int) -> bytes:
+    """The object's first `size` bytes (one ranged GET)."""
+    try:
+        return storage.read_range(uri, 0, size, client=client_for(source))
+    except storage.StorageError as exc:
+        raise SourceError(str(exc), retryable=exc.retryable) from exc
+
+
 def list_objects(index: int, source: S3Source) -> list[InputRef]:
     uri = f"s3://{source.bucket}/{source.prefix}"
     try:
@@ -62,9 +70,10 @@ class _Body(IO[bytes]):
 
 
 @contextlib.contextmanager
-def open_object(source: S3Source, uri: str) -> Iterator[IO[bytes]]:
+def open_object(source: S3Source, uri: str, start: int = 0) -> Iterator[IO[bytes]]:
+    """The object's body from byte `start` on (a ranged GET: a part reads only its own range)."""
     try:
-        with Deadline(uri) as deadline, storage.open_read(uri, client=client_for(source)) as body:
+        with Deadline(uri) as deadline, storage.open_read(uri, client=client_for(source), start=start) as body:
             yield _Body(body, uri, deadline)
     except storage.StorageError as exc:
         raise SourceError(str(exc), retryable=exc.retryable) from exc
