@@ -134,6 +134,7 @@ bench: install tools cluster-bins llama-cpp bench-corpora bench-peers ## run the
 	mkdir -p bench/results
 	$(BIN)/python bench/minhash.py > bench/results/minhash.json
 	$(BIN)/python bench/dedup_peers.py --datatrove-python $(PEERS_VENV)/bin/python > bench/results/dedup_peers.json
+	$(BIN)/python bench/ingest_stages.py --out bench/results/ingest_stages.json --markdown > bench/results/ingest_stages.md
 	$(BIN)/python bench/ingest.py --large > bench/results/ingest.json
 	$(BIN)/python bench/ingest_bomb.py > bench/results/ingest_bomb.json
 	$(BIN)/python bench/train.py > bench/results/train.json

@@ -234,10 +234,10 @@ def test_corrupt_or_crafted_checkpoint_files_are_exit_2_and_run_nothing(tmp_path
 def test_an_overwritten_dataset_shard_is_exit_2_naming_it(tmp_path, dataset):  # noqa: F811
     copied = tmp_path / "data"
     shutil.copytree(dataset, copied)
-    shard = copied / "train" / "shard-00000.bin"
+    shard = copied / "train" / "shard-00000-00000.bin"
     shard.write_bytes(bytes(len(shard.read_bytes())))  # same size, other tokens
     process = run_train(run_spec(tmp_path, steps=8), copied, tmp_path / "ckpt")
-    assert process.returncode == 2 and "shard-00000.bin: SHA-256 differs from manifest.json" in process.stderr
+    assert process.returncode == 2 and "shard-00000-00000.bin: SHA-256 differs from manifest.json" in process.stderr
     assert not (tmp_path / "ckpt" / "latest").exists()
 
 

@@ -81,7 +81,8 @@ def test_staged_dedup_drops_what_one_process_drops(tmp_path, part_count, tasks):
 
 def test_many_small_runs_and_units_give_the_same_records_and_drops(tmp_path, monkeypatch):
     """Spilling band records in runs of 7 documents and merging 3 key-range groups at a time writes the
-    same bands as one run; units of 10 records find the same duplicates as one unit per band."""
+    same bands as one run; units of 10 records, verified 3 pairs at a time, find the same duplicates as
+    one unit per band."""
     docs = _corpus(seed=5)
     layout = parts.BandLayout(BANDS, exact=True)
     whole = _write_parts(tmp_path / "whole", docs, 2, layout)
@@ -95,6 +96,7 @@ def test_many_small_runs_and_units_give_the_same_records_and_drops(tmp_path, mon
             ).read_bytes(), name
     expected, _ = _staged(whole, layout, 1)
     monkeypatch.setattr(search, "UNIT_RECORDS", 10)
+    monkeypatch.setattr(search, "VERIFY_PAIRS", 3)  # shingles held for 3 pairs at a time
     assert len(search.units(layout, spilled.total)) >= 16 * layout.count  # many key-range groups per band
     drop, _ = _staged(spilled, layout, 3)
     np.testing.assert_array_equal(drop, expected)

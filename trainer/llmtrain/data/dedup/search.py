@@ -33,6 +33,8 @@ log = logging.getLogger("llmtrain.ingest")
 UNIT_RECORDS = 4_000_000
 #: ranged GETs in flight while a unit reads its candidates' shingles from S3
 FETCH_THREADS = 32
+#: candidate pairs verified at once (their documents' shingles held, at most twice as many documents)
+VERIFY_PAIRS = 512
 PAIR = np.dtype([("a", "<i8"), ("b", "<i8"), ("order_a", "<u8"), ("order_b", "<u8"), ("exact", "?")])
 
 
@@ -88,7 +90,6 @@ class Search:
             distinct = records["check"][heads] != records["check"][members]
             heads, members = heads[distinct], members[distinct]
         candidates = _pairs(ids, records, heads, members, exact=False, order=records["check"])
-        self._shingles.clear()  # a unit's documents are read once per unit
         return Found(candidates[self._verified(candidates)], len(candidates))
 
     def _records(self, unit: Unit) -> tuple[np.ndarray, np.ndarray]:
@@ -109,11 +110,16 @@ class Search:
         return records[order], global_ids[order]
 
     def _verified(self, pairs: np.ndarray) -> np.ndarray:
-        """Mask of the pairs whose exact Jaccard similarity reaches the threshold."""
-        self._fetch_shingles(np.unique(np.concatenate([pairs["a"], pairs["b"]])))
+        """Mask of the pairs whose exact Jaccard similarity reaches the threshold, `VERIFY_PAIRS` pairs at
+        a time: only their documents' shingles are held (pairs come grouped by head)."""
         keep = np.zeros(len(pairs), dtype=bool)
-        for i, (a, b) in enumerate(zip(pairs["a"].tolist(), pairs["b"].tolist(), strict=True)):
-            keep[i] = sorted_jaccard(self._shingles_of(a), self._shingles_of(b)) >= self.threshold
+        for start in range(0, len(pairs), VERIFY_PAIRS):
+            chunk = pairs[start : start + VERIFY_PAIRS]
+            self._shingles.clear()
+            self._fetch_shingles(np.unique(np.concatenate([chunk["a"], chunk["b"]])))
+            for i, (a, b) in enumerate(zip(chunk["a"].tolist(), chunk["b"].tolist(), strict=True), start):
+                keep[i] = sorted_jaccard(self._shingles_of(a), self._shingles_of(b)) >= self.threshold
+        self._shingles.clear()
         return keep
 
     def _fetch_shingles(self, documents: np.ndarray) -> None:
