@@ -75,7 +75,9 @@ def jsonl_corpus(data: Path) -> dict:
     records = [json.dumps({"text": p}) for play in PLAYS[:5] for p in paragraphs(play)]
     (data / "a-large.jsonl").write_text("\n".join(records) + "\n")
     (data / "b-small.jsonl").write_text("\n".join(json.dumps({"text": p}) for p in paragraphs(PLAYS[5])) + "\n")
-    return {"sources": [{"local": {"path": "data/*.jsonl"}}]}
+    # a sample of about a third of the text: the tokenizer stage picks documents from a few frames
+    tokenizer = {"type": "bpe", "vocabSize": 1024, "trainSampleBytes": 300_000}
+    return {"sources": [{"local": {"path": "data/*.jsonl"}}], "tokenizer": tokenizer}
 
 
 def txt_line_corpus(data: Path) -> dict:

@@ -2,8 +2,10 @@
 
 Layout under `<output>/.work/part-<i>-of-<n>/` (flat little-endian arrays, so that later stages read
 only the pieces they need: memory-mapped on a local or PVC path, ranged reads on S3):
-- `docs.zst`: records of a 4-byte length and UTF-8 text, zstd-compressed (streamed by encode and the
-  tokenizer sample);
+- `docs.zst`: records of a 4-byte length and UTF-8 text, zstd-compressed in independent frames of about
+  `FRAME_BYTES` (streamed whole by encode), and `frames.bin` (int64 pairs: each frame's byte offset and
+  first document, then the file's size and document count), so that the tokenizer's sample reads only
+  the frames holding sampled documents;
 - `hashes.bin` (uint64 x 2 per document: BLAKE2b-128 content hash), `sizes.bin` (int64 bytes);
 - `shingles.bin`: each document's distinct shingle hashes, sorted (uint32), and `offsets.bin` (int64,
   documents + 1) where each document's run starts: exact verification of near-duplicate candidates;
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zstandard
 
 from .. import storage
 from ..pausepoints import pause_point
@@ -47,8 +50,11 @@ RANGES = 1 << RANGE_BITS
 RUN_DOCUMENTS = 16384
 #: records sorted at once when the spilled runs are merged
 MERGE_RECORDS = 1 << 20
+#: uncompressed bytes of documents per zstd frame of `docs.zst` (the unit a sparse reader fetches)
+FRAME_BYTES = 1 << 20
 FILES = (
     "docs.zst",
+    "frames.bin",
     "hashes.bin",
     "sizes.bin",
     "shingles.bin",
@@ -184,7 +190,6 @@ class PartWriter:
 
     def __init__(self, staging: Path, layout: BandLayout, num_perm: int = 0) -> None:
         """`num_perm`: the MinHash signatures' width (with near bands)."""
-        import zstandard
 
         self.staging = staging
         staging.mkdir(parents=True, exist_ok=True)
@@ -198,6 +203,8 @@ class PartWriter:
         self._shingle_end = 0
         self._offsets.write(np.int64(0).tobytes())
         self.documents = 0
+        self._frames = [(0, 0)]  # (byte offset in docs.zst, first document) of each frame
+        self._frame_bytes = 0
 
     def add(
         self,
@@ -211,8 +218,13 @@ class PartWriter:
             self._shingles.write(shingles.astype(np.uint32, copy=False).tobytes())
             self._shingle_end += len(shingles)
         self._offsets.write(np.int64(self._shingle_end).tobytes())
+        if self._frame_bytes >= FRAME_BYTES:  # this document starts a new frame
+            self._stream.flush(zstandard.FLUSH_FRAME)
+            self._frames.append((self._file.tell(), self.documents))
+            self._frame_bytes = 0
         self._stream.write(_LENGTH.pack(len(data)))
         self._stream.write(data)
+        self._frame_bytes += _LENGTH.size + len(data)
         self._hashes.write(np.array(content_hash, dtype=np.uint64).tobytes())
         self._sizes.write(np.int64(len(data)).tobytes())
         self._bands.add(signature, content_hash)
@@ -220,6 +232,8 @@ class PartWriter:
 
     def publish(self, uri: str, stats: dict[str, Any]) -> None:
         self._stream.close()
+        frames = [*self._frames, ((self.staging / "docs.zst").stat().st_size, self.documents)]
+        np.array(frames, dtype=np.int64).tofile(self.staging / "frames.bin")
         for handle in (self._shingles, self._offsets, self._hashes, self._sizes):
             handle.close()
         started, spilled = time.perf_counter(), self._bands.seconds
@@ -305,13 +319,37 @@ class PartFiles:
 
     def documents_text(self) -> Iterator[str]:
         """The part's documents in order, streamed."""
-        import zstandard
 
         with storage.open_read(storage.join(self.uri, "docs.zst"), self._client) as handle:
-            reader = zstandard.ZstdDecompressor().stream_reader(handle)
+            reader = zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True)
             while header := _read_exact(reader, _LENGTH.size):
                 (length,) = _LENGTH.unpack(header)
                 yield _read_exact(reader, length).decode("utf-8")
+
+    def documents_at(self, wanted: np.ndarray) -> Iterator[tuple[int, str]]:
+        """(local index, text) of the documents `wanted` (sorted local indices), reading only the frames
+        that hold them (one ranged read each on S3)."""
+        if not len(wanted):
+            return
+        frames = np.frombuffer(storage.read_bytes(storage.join(self.uri, "frames.bin"), self._client), np.int64)
+        frames = frames.reshape(-1, 2)
+        holding = np.searchsorted(frames[:, 1], wanted, side="right") - 1
+        for frame in np.unique(holding).tolist():
+            (start, first), (stop, _) = frames[frame], frames[frame + 1]
+            data = (
+                zstandard.ZstdDecompressor()
+                .decompressobj()
+                .decompress(self.slice("docs.zst", np.uint8, int(start), int(stop)).tobytes())
+            )
+            chosen = set(wanted[holding == frame].tolist())
+            position, document = 0, int(first)
+            while position < len(data) and chosen:
+                (length,) = _LENGTH.unpack_from(data, position)
+                if document in chosen:
+                    chosen.discard(document)
+                    yield document, data[position + _LENGTH.size : position + _LENGTH.size + length].decode("utf-8")
+                position += _LENGTH.size + length
+                document += 1
 
 
 def _read_exact(reader: Any, size: int) -> bytes:

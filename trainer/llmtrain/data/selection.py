@@ -69,3 +69,18 @@ def selected(part_set: PartSet, index: int, masks: Iterator[np.ndarray]) -> Iter
             if chosen:
                 yield local, text
             local += 1
+
+
+def picked(part_set: PartSet, index: int, masks: Iterator[np.ndarray]) -> Iterator[tuple[int, str]]:
+    """(local index, text) of the few documents of part `index` the chunk masks `masks` choose, reading
+    only the `docs.zst` frames that hold them (a sparse sample: most of the part is never read)."""
+    wanted = [np.flatnonzero(mask) + start for start, mask in _starts(masks)]
+    indices = np.concatenate(wanted) if wanted else np.zeros(0, np.int64)
+    yield from part_set.files(index).documents_at(indices)
+
+
+def _starts(masks: Iterator[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    start = 0
+    for mask in masks:
+        yield start, mask
+        start += len(mask)

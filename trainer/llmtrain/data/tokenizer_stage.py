@@ -3,7 +3,9 @@ import `spec.tokenizer.from`; put it in `<output>/tokenizer/`.
 
 The sample is hash-chosen: a kept train document is in it when its mixed content hash falls below
 `trainSampleBytes / (bytes of all kept train documents)`, so it is the same for any number of parts and
-memory follows `trainSampleBytes`, not the corpus. This stage also starts replacing the output: it keeps
+memory follows `trainSampleBytes`, not the corpus. Choosing it reads the parts' hashes and sizes; the
+documents come from the `docs.zst` frames (about 1 MiB each) that hold sampled ones, so the time follows
+the sample too, once the sample is a small share of the corpus. This stage also starts replacing the output: it keeps
 the manifest being replaced in `.work/tokenizer/previous-manifest.json` (what may be deleted once the
 new one is written) and deletes it before the first new file lands.
 """
@@ -42,9 +44,9 @@ def _sample(resource: DataSource, part_set: PartSet, dropped: np.ndarray) -> Ite
         for c in selection.chunks(spec, part_set, i, dropped)
     )
     rate = min(1.0, spec.tokenizer.train_sample_bytes / total) if total else 1.0
-    for i in range(count):
+    for i in range(count):  # only the frames holding sampled documents are read
         masks = (sampled(c.hashes, c.kept & ~c.validation, rate) for c in selection.chunks(spec, part_set, i, dropped))
-        for _, text in selection.selected(part_set, i, masks):
+        for _, text in selection.picked(part_set, i, masks):
             yield text
 
 

@@ -82,7 +82,7 @@ class Search:
     def unit(self, unit: Unit) -> Found:
         exact = self.layout.exact and unit.band == self.layout.exact_band
         records, ids = self._records(unit)
-        heads, members = _bucket_pairs(records, ids, exact)
+        heads, members = _bucket_pairs(records, exact)
         if exact:
             pairs = _pairs(ids, records, heads, members, exact=True, order=records["key"])
             return Found(pairs, len(pairs))
@@ -124,7 +124,7 @@ class Search:
 
     def _fetch_shingles(self, documents: np.ndarray) -> None:
         """On S3, the documents' shingles with `FETCH_THREADS` ranged GETs in flight (each is a round
-        trip); local parts are memory-mapped and read on demand."""
+        trip); local parts are read on demand (`pread`)."""
         if not documents.size or not any(storage.is_s3(f.uri) for f in self.files):
             return
         with ThreadPoolExecutor(FETCH_THREADS) as pool:
@@ -143,7 +143,7 @@ class Search:
         return self._shingles[document]
 
 
-def _bucket_pairs(records: np.ndarray, ids: np.ndarray, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+def _bucket_pairs(records: np.ndarray, exact: bool) -> tuple[np.ndarray, np.ndarray]:
     """(head, member) positions: every record whose key (and check, for exact) equals its predecessor's
     is a member of the bucket whose first record is its head."""
     if len(records) < 2:
