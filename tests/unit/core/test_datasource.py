@@ -146,3 +146,25 @@ def test_a_datasource_cannot_share_its_own_tokenizer(bodies, cluster):
     ds["spec"]["tokenizer"]["fromDataSourceRef"] = {"name": "shakespeare"}
     plan = reconcile(ds, Observed(), cluster, NOW)
     assert plan.status["phase"] == "Failed" and "spec.tokenizer.fromDataSourceRef" in plan.status["message"]
+
+
+def test_each_stage_gets_its_own_resources_falling_back_to_resources(bodies, cluster):
+    """stageResources: the tokenizer pod sized for its sample, encode pods with more CPU; any field a stage
+    leaves unset (and every field of the other stages) is `resources`'. It changes no output."""
+    ds = copy.deepcopy(bodies["DataSource"])
+    ds["spec"].update(workers=4, resources={"cpu": "1", "memory": "1Gi"})
+    ds["spec"]["stageResources"] = {"tokenizer": {"memory": "4Gi"}, "encode": {"cpu": "4", "memory": "2Gi"}}
+    finished, limits = {}, {}
+    for name, _, _ in STAGE_JOBS:
+        (job,) = [o for o in plan_objects(ds, cluster, children=dict(finished)) if o["kind"] == "Job"]
+        limits[name.rsplit("-", 1)[1]] = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        finished[("Job", name)] = _complete(job)
+    assert limits["tokenizer"] == {"cpu": "1", "memory": "4Gi"} and limits["encode"] == {"cpu": "4", "memory": "2Gi"}
+    assert limits["ingest"] == limits["dedup"] == limits["cluster"] == {"cpu": "1", "memory": "1Gi"}
+
+    from llmtrain.api import DataSource
+    from llmtrain.data.layout import spec_hash
+
+    plain = copy.deepcopy(ds)
+    del plain["spec"]["stageResources"]
+    assert spec_hash(DataSource.model_validate(ds).spec) == spec_hash(DataSource.model_validate(plain).spec)

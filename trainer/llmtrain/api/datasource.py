@@ -308,6 +308,20 @@ class DataOutputSpec(ApiModel):
     )
 
 
+class StageResources(ApiModel):
+    """CPU and memory of one ingest stage's pods (workers > 1); a field left unset is `resources`'."""
+
+    scan: PodResources | None = Field(default=None, description="Scan pods (one per part).")
+    dedup: PodResources | None = Field(default=None, description="Near-duplicate search pods (one per part).")
+    cluster: PodResources | None = Field(default=None, description="The clustering pod: memory follows the pairs.")
+    tokenizer: PodResources | None = Field(
+        default=None,
+        description="The tokenizer pod: memory follows trainSampleBytes (BPE about 8x it, unigram about 22x).",
+    )
+    encode: PodResources | None = Field(default=None, description="Encode pods (one per part).")
+    manifest: PodResources | None = Field(default=None, description="The manifest pod.")
+
+
 class DataSourceSpec(ApiModel):
     """What to ingest and how to clean, dedupe, tokenize and shard it."""
 
@@ -331,8 +345,14 @@ class DataSourceSpec(ApiModel):
     output: DataOutputSpec = Field(default_factory=DataOutputSpec, description="Output location.")
     image: Image | None = Field(default=None, description="Workload image; the operator's default when unset.")
     resources: PodResources = Field(default_factory=PodResources, description="CPU and memory per ingest pod.")
+    stage_resources: StageResources = Field(
+        default_factory=StageResources,
+        description="Per stage, where it differs from resources (workers > 1: each stage is its own Job).",
+    )
     workers: Annotated[int, Ge(1), Le(256)] = Field(
-        default=1, description="Ingest pods (an Indexed Job) splitting the input; a merge step combines them."
+        default=1,
+        description="Parts the input is divided into: with more than 1, each ingest stage is a Job and scan, dedup"
+        " and encode run one pod per part.",
     )
 
 

@@ -156,9 +156,11 @@ def build(body: dict[str, Any], source: DataSource, ctx: Context) -> Children:
     base = ["ingest", "-f", f"{pods.SPEC_DIR}/{naming.SPEC_KEY}", "--name", source.name, "--output", output]
     if ctx.local and ctx.base_dir:
         base += ["--base-dir", ctx.base_dir]
-    amounts = pods.resources(source.spec.resources.cpu, source.spec.resources.memory)
 
-    def ingest_job(name: str, args: list[str], completions: int, env_extra: list[dict[str, Any]]) -> dict:
+    def ingest_job(
+        name: str, args: list[str], completions: int, env_extra: list[dict[str, Any]], stage: str | None = None
+    ) -> dict:
+        amounts = _resources(source, stage)
         env = pods.env(ctx, pods.ingest_env(ctx)) + env_extra
         container = pods.container("ingest", ctx, source.spec.image, ["llmtrain"], args, env, mounts, amounts)
         spec = pods.pod_spec([container], vols, grace_seconds=60)
@@ -183,8 +185,19 @@ def build(body: dict[str, Any], source: DataSource, ctx: Context) -> Children:
         name = naming.ingest_job(source.name) if stage == "scan" else naming.stage_job(source.name, stage)
         if indexed:
             args[-2:-2] = ["--shard-index", children.JOB_INDEX]
-        stages[stage] = ingest_job(name, args, workers if indexed else 1, [children.INDEX_ENV] if indexed else [])
+        stages[stage] = ingest_job(
+            name, args, workers if indexed else 1, [children.INDEX_ENV] if indexed else [], stage
+        )
     return Children(configmap, stages.pop("scan"), **stages)
+
+
+def _resources(source: DataSource, stage: str | None) -> dict[str, Any]:
+    """A stage's pods' CPU and memory: `stageResources.<stage>`, each unset field from `resources`."""
+    default = source.spec.resources
+    own = getattr(source.spec.stage_resources, stage) if stage else None
+    cpu = own.cpu if own is not None and own.cpu is not None else default.cpu
+    memory = own.memory if own is not None and own.memory is not None else default.memory
+    return pods.resources(cpu, memory)
 
 
 def reconcile(

@@ -40,7 +40,7 @@ class LinkedOutput(BadInput):
 def spec_hash(spec: DataSourceSpec) -> str:
     """What the output depends on: the spec less where it is written and how it is run."""
     content = spec.to_wire()
-    for key in ("image", "resources", "workers"):
+    for key in ("image", "resources", "stageResources", "workers"):
         content.pop(key, None)
     content.get("output", {}).pop("uri", None)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
