@@ -145,7 +145,8 @@ class Status(StatusBuilder):
 
 
 def build(body: dict[str, Any], source: DataSource, ctx: Context) -> Children:
-    """The spec ConfigMap and the ingest Job; with workers > 1, the merge Job once every part is done."""
+    """The spec ConfigMap and the ingest Job; with workers > 1, the scan Job and one Job per later stage
+    (the reconcile creates each once the one before it is complete)."""
     namespace = body["metadata"]["namespace"]
     uris.check_sources(source, ctx)
     output = uris.dataset_uri(source, namespace, ctx)

@@ -101,7 +101,7 @@ def run_in_turn(
     wanted: list[tuple[dict[str, Any], int, str]],
     observed: Observed,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """Jobs (manifest, expected pods, what it does) that run one after another (ingest then merge): the
+    """Jobs (manifest, expected pods, what it does) that run one after another (ingest stages): the
     status of the first unfinished one. A Job whose spec changed is deleted (pods get their grace period)
     and recreated next time. Returns the Jobs wanted now, the ones to delete, and the state."""
     desired: list[dict[str, Any]] = []

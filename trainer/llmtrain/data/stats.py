@@ -69,5 +69,5 @@ class Stats:
         )
 
     def scan_json(self) -> dict[str, Any]:
-        """What one scan part records (merged later)."""
+        """What one scan part records (summed by the manifest stage)."""
         return {**self.to_json(), "documentsValid": self.documents_valid}
