@@ -150,3 +150,23 @@ def test_exact_verification_decides_on_true_similarity():
         assert verified == (candidate and truth >= 0.8)
         disagreements += near_duplicates(signatures, keys, 16, 0.8).any() != verified
     assert disagreements > 0  # the estimate alone would have decided some of these pairs wrongly
+
+
+def test_the_compiled_kernel_computes_what_numpy_computes():
+    """kernels.py (numba) gives bit for bit the numpy path's signature and distinct sorted shingles:
+    empty and whitespace-only texts, fewer words than the n-gram, Unicode, tabs and vertical tabs."""
+    from llmtrain.data.dedup import kernels
+
+    assert kernels.kernel() is not None  # numba is a dependency: the fast path is the one that runs
+    rng = random.Random(3)
+    texts = ["", " \t\n", "one", "two words", "a b c d", "a b c d e", "Ünïcödé  WÖRDS\tand\x0bmore\nlines ÄÖÜ"]
+    texts += [
+        " ".join(rng.choice(["a", "B", "cé", "dd", " ", "\t", "ß"]) for _ in range(rng.randint(0, 40)))
+        for _ in range(200)
+    ]
+    texts += [" ".join(f"w{rng.randrange(300)}" for _ in range(rng.randint(50, 2000))) for _ in range(20)]
+    for hasher in (MinHasher(112, 5, 1), MinHasher(64, 3, 7), MinHasher(128, 1, 2)):
+        for text in texts:
+            fast, reference = hasher.signature_and_shingles(text), hasher.numpy_signature_and_shingles(text)
+            for got, want in zip(fast, reference, strict=True):
+                assert got.dtype == want.dtype and np.array_equal(got, want), text[:40]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+
 _P = np.uint64(0x100000001B3)  # odd: invertible modulo 2^64
 _P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
 _WHITESPACE = np.zeros(256, dtype=bool)
@@ -77,10 +79,19 @@ class MinHasher:
 
     def signature(self, text: str) -> np.ndarray:
         """`num_perm` uint32 MinHash values (all 0xFFFFFFFF for a text without words)."""
-        return self.signature_of(self.shingle_hashes(text))
+        return self.signature_and_shingles(text)[0]
 
     def signature_and_shingles(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """The signature and the distinct shingle hashes, sorted (kept for exact verification of candidates)."""
+        """The signature and the distinct shingle hashes, sorted (kept for exact verification of
+        candidates): in one compiled pass where numba is there (`kernels.py`), else with numpy."""
+        compiled = kernels.kernel()
+        if compiled is None:
+            return self.numpy_signature_and_shingles(text)
+        data = np.frombuffer(text.lower().encode("utf-8"), dtype=np.uint8)
+        return compiled(data, _WHITESPACE, _P, self.ngram, self._mix, _MIX[4], self._a, self._b)
+
+    def numpy_signature_and_shingles(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The same with numpy alone: the reference the kernel is tested against."""
         shingles = distinct_sorted(self.shingle_hashes(text))
         return self.signature_of(shingles), shingles
 
