@@ -110,6 +110,8 @@ class _Cleaner:
         self.normalize, self.keep = Normalizer(spec.normalization), Filter(spec.validation)
         minhash = spec.dedup.minhash
         self.hasher = MinHasher(minhash.num_perm, minhash.ngram, minhash.seed) if minhash.enabled else None
+        if self.hasher is not None:
+            self.hasher.signature_and_shingles("load the kernel")  # once per process, before any document
         self._logged: set[str] = set()
         self.signature_seconds = 0.0  # CPU on MinHash signatures and shingles (the dedup benchmark's share)
 
