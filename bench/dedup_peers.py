@@ -37,11 +37,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -51,6 +49,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import minhash
+from pss_sampler import PeakPssSampler
 
 BENCH = Path(__file__).resolve().parent
 
@@ -61,84 +60,24 @@ LLMTRAIN_STAGES = ("scan", "dedup", "cluster")
 TAIL_CHARS = 3000
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (/proc/PID/task/TID/children); processes that end meanwhile are skipped."""
-    found, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        try:
-            threads = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for thread in threads:
-            try:
-                with open(f"/proc/{current}/task/{thread}/children") as children:
-                    stack += [int(child) for child in children.read().split()]
-            except OSError:
-                continue
-    return found
-
-
-def process_pss(pid: int) -> int:
-    """The "Pss:" of /proc/PID/smaps_rollup in bytes; 0 for a process that is gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return 0
-    return 0
-
-
-class PeakPss:
-    """Samples the PSS of each watched process tree every SAMPLE_S seconds on a thread: the peak of each
-    tree (`peaks`) and of all of them at the same instant (`peak_total`)."""
-
-    def __init__(self) -> None:
-        self.watched: dict[str, int] = {}
-        self.peaks: dict[str, int] = defaultdict(int)
-        self.peak_total = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="pss", daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
-            total = 0
-            for key, pid in list(self.watched.items()):
-                pss = sum(process_pss(member) for member in process_tree(pid))
-                self.peaks[key] = max(self.peaks[key], pss)
-                total += pss
-            self.peak_total = max(self.peak_total, total)
-
-    def __enter__(self) -> PeakPss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_side_by_side(commands: list[list[str]], logs: Path, name: str) -> dict:
     """Runs the commands at once; wall seconds, peak PSS (together and per task), each last stdout line."""
     logs.mkdir(parents=True, exist_ok=True)
     running = []
-    with PeakPss() as sampler:
+    with PeakPssSampler(SAMPLE_S) as sampler:
         started = time.perf_counter()
         for i, command in enumerate(commands):
             key = f"{name}-{i}"
             with (logs / f"{key}.out").open("wb") as out, (logs / f"{key}.err").open("wb") as err:
                 process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-            sampler.watched[key] = process.pid
+            sampler.watch(key, process.pid)
             running.append((key, process, command))
         ended: dict[str, float] = {}
         while len(ended) < len(running):
             for key, process, _ in running:
                 if key not in ended and process.poll() is not None:
                     ended[key] = time.perf_counter()
-                    sampler.watched.pop(key)
+                    sampler.unwatch(key)
             time.sleep(0.005)
     tasks = []
     for key, process, command in running:

@@ -38,3 +38,20 @@ def test_sparse_picks_read_only_their_frames_and_match_the_stream(tmp_path, monk
     monkeypatch.setattr(files, "slice", counting)
     assert list(files.documents_at(wanted)) == [(int(i), docs[i]) for i in wanted]
     assert len(read) <= len(wanted) and sum(read) < 0.25 * frames[-1, 0]  # only the frames holding them
+
+
+def test_a_tokenizer_entry_naming_a_path_outside_its_folder_is_refused(tmp_path):
+    """The encode stage copies the tokenizer files `.work/tokenizer/tokenizer.json` lists: only plain names."""
+    import json
+
+    import pytest
+
+    from llmtrain import storage
+    from llmtrain.data import tokenizer_stage
+
+    entry = tmp_path / "out/.work/tokenizer/tokenizer.json"
+    entry.parent.mkdir(parents=True)
+    entry.write_text(json.dumps({"files": ["../../escaped.json"]}))
+    with pytest.raises(storage.StorageError, match="bad file name"):
+        tokenizer_stage.load_saved(str(tmp_path / "out"), tmp_path / "work")
+    assert not (tmp_path / "escaped.json").exists()

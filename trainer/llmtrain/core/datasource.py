@@ -82,9 +82,8 @@ def child_keys(body: dict[str, Any]) -> list[ChildKey]:
 
 def dependency_keys(body: dict[str, Any], found: dict[ChildKey, dict[str, Any]] | None = None) -> list[ChildKey]:
     """The DataSource whose tokenizer this one uses (`tokenizer.fromDataSourceRef`), if any."""
-    tokenizer = ((body.get("spec") or {}).get("tokenizer") or {}) if isinstance(body.get("spec"), dict) else {}
-    name = (tokenizer.get("fromDataSourceRef") or {}).get("name") if isinstance(tokenizer, dict) else None
-    return [(KIND, name)] if isinstance(name, str) and name else []
+    ref = ((body.get("spec") or {}).get("tokenizer") or {}).get("fromDataSourceRef") or {}
+    return [(KIND, ref["name"])] if ref.get("name") else []
 
 
 def with_shared_tokenizer(source: DataSource, observed: Observed, status: StatusBuilder) -> DataSource | None:

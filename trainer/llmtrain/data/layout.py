@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any
 
 from .. import locking, storage
@@ -25,6 +26,8 @@ from ..errors import BadInput
 
 MANIFEST = "manifest.json"
 WORK = ".work"
+#: A tokenizer file's name as ingest writes it (one path component, never `..`)
+TOKENIZER_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 #: What ingest writes below an output; nothing else there is ever deleted.
 OUTPUT_ENTRIES = ("train", "validation", "tokenizer", WORK, MANIFEST, locking.LOCK_NAME)
 

@@ -39,6 +39,7 @@ import zstandard
 from .. import storage
 from ..pausepoints import pause_point
 from .dedup.lsh import band_keys
+from .stats import Stats
 
 _LENGTH = struct.Struct("<I")
 RECORD = np.dtype([("key", "<u8"), ("check", "<u8"), ("id", "<u4")])
@@ -395,3 +396,10 @@ class PartSet:
 
     def files(self, index: int) -> PartFiles:
         return PartFiles(self.uris[index], self.counts[index], self.client)
+
+    def scan_stats(self) -> Stats:
+        """The parts' scan counts, summed."""
+        stats = Stats()
+        for index in range(len(self.uris)):
+            stats.add(Stats.from_json(self.files(index).stats()))
+        return stats

@@ -47,7 +47,6 @@ from .layout import (
     stage_uri,
     task_uri,
 )
-from .stats import Stats
 
 log = logging.getLogger("llmtrain.ingest")
 
@@ -157,9 +156,7 @@ class Task:
 
 
 def _empty(part_set: parts.PartSet) -> EmptyCorpus:
-    stats = Stats()
-    for i in range(len(part_set.uris)):
-        stats.add(Stats.from_json(part_set.files(i).stats()))
+    stats = part_set.scan_stats()
     rejected = ", ".join(f"{k}: {v}" for k, v in sorted(stats.rejected.items())) or "none"
     return EmptyCorpus(
         f"no documents survived ({stats.documents_in} read; rejected: {rejected}); check spec.sources,"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import stat
 import time
 from pathlib import Path
@@ -15,22 +14,19 @@ from typing import Any
 
 from .. import storage
 from ..api.datasource import DataSource
-from .layout import MANIFEST, WORK, EmptyCorpus, read_json, spec_hash, stage_uri, task_uri
+from .layout import MANIFEST, TOKENIZER_FILE, WORK, EmptyCorpus, read_json, spec_hash, stage_uri, task_uri
 from .parts import PartSet
 from .shards import SHARD_PATH
 from .stats import Stats
 from .tokenizer_stage import ENTRY, previous_manifest
 
 MANIFEST_VERSION = 1
-_TOKENIZER_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 SPLITS = ("train", "validation")
 
 
 def gather_stats(part_set: PartSet, output: str, encoded: list[dict[str, Any]]) -> Stats:
     """The whole ingest's counts: the parts' scan stats, the dedup stages' and the shards'."""
-    stats = Stats()
-    for i in range(len(part_set.uris)):
-        stats.add(Stats.from_json(part_set.files(i).stats()))
+    stats = part_set.scan_stats()
     clustered = read_json(storage.join(stage_uri(output, "cluster"), "DONE"))
     stats.duplicates_exact, stats.duplicates_near = clustered["duplicatesExact"], clustered["duplicatesNear"]
     stats.documents_out = stats.documents_valid - stats.duplicates_exact - stats.duplicates_near
@@ -88,7 +84,7 @@ def written_files(described: dict[str, Any]) -> set[str]:
             paths |= {s["path"] for s in split["shards"] if isinstance(s.get("path"), str)}
     with contextlib.suppress(AttributeError, KeyError, TypeError):
         files = described.get("tokenizer", {}).get("files", [])
-        paths |= {f"tokenizer/{n}" for n in files if isinstance(n, str) and _TOKENIZER_FILE.fullmatch(n)}
+        paths |= {f"tokenizer/{n}" for n in files if isinstance(n, str) and TOKENIZER_FILE.fullmatch(n)}
     return {p for p in paths if SHARD_PATH.fullmatch(p) or p.startswith("tokenizer/")}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from .. import storage
 from ..api.datasource import DataSource
 from . import imported_tokenizer, selection, tokenizer
-from .layout import MANIFEST, read_json, read_manifest, stage_uri
+from .layout import MANIFEST, TOKENIZER_FILE, read_json, read_manifest, stage_uri
 from .parts import PartSet
 
 PREVIOUS_MANIFEST = "previous-manifest.json"
@@ -108,5 +108,7 @@ def load_saved(output: str, work: Path) -> tokenizer.Tokenizer:
     target = work / "tokenizer"
     target.mkdir(parents=True, exist_ok=True)
     for name in described["files"]:
+        if not isinstance(name, str) or not TOKENIZER_FILE.fullmatch(name):
+            raise storage.StorageError(f"{output}/.work/tokenizer/{ENTRY}: bad file name {name!r}; rerun the stage")
         (target / name).write_bytes(storage.read_bytes(storage.join(output, "tokenizer", name)))
     return tokenizer.load(target)
