@@ -138,6 +138,7 @@ bench: install tools cluster-bins llama-cpp bench-corpora bench-peers ## run the
 	$(BIN)/python bench/ingest.py --large > bench/results/ingest.json
 	$(BIN)/python bench/ingest_bomb.py > bench/results/ingest_bomb.json
 	$(BIN)/python bench/train.py > bench/results/train.json
+	$(BIN)/python bench/init_load.py > bench/results/init_load.json
 	$(BIN)/python bench/tokenizer.py > bench/results/tokenizer.json
 	$(BIN)/python bench/operator.py --runs 1000 --api both > bench/results/operator.json
 

@@ -123,7 +123,7 @@ class Operator:
             raise
         finally:
             self.metrics.latency.labels(kind).observe(time.perf_counter() - started)
-        if plan is not None and plan.events and kind in ("DataSource", "TrainingRun"):
+        if plan is not None and plan.events:  # any kind may be depended on (spec.init: a ModelExport)
             self._enqueue_dependents(kind, namespace, name)  # only a transition (an Event) can unblock them
         return plan
 

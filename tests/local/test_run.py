@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support import examples
 from support.paths import ROOT
 
 LLMTRAIN = [sys.executable, "-m", "llmtrain.cli"]
@@ -239,3 +240,45 @@ def test_run_ingests_a_datasource_in_stages_as_local_processes(tmp_path):
         }
 
     assert tokens(tmp_path / "staged") == tokens(tmp_path / "one")
+
+
+def run_example(tmp_path: Path, name: str) -> Path:
+    """`llmtrain run` on examples/`name`, shrunk to seconds; every resource Succeeded. The work directory."""
+    run_file, workdir = tmp_path / name, tmp_path / "work"
+    documents = examples.local_paths(examples.shrink(examples.load(name)))
+    run_file.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    ran = subprocess.run(
+        [*LLMTRAIN, "run", "-f", str(run_file), "--workdir", str(workdir)], capture_output=True, text=True, timeout=600
+    )
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    for document in documents:
+        phase = (state(workdir, document["kind"], document["metadata"]["name"]).get("status") or {}).get("phase")
+        assert phase == "Succeeded", (document["kind"], document["metadata"]["name"], phase)
+    return workdir
+
+
+@pytest.mark.slow  # ~30 s; the default tier runs the same example through the operator
+def test_continued_pretraining_example_starts_from_the_base_models_export(tmp_path):
+    workdir = run_example(tmp_path, "continued-pretraining.yaml")
+    export = state(workdir, "ModelExport", "tiny-llama-base-export")["status"]
+    weights = next(a["uri"] for a in export["artifacts"] if a["format"] == "safetensors")
+    status = state(workdir, "TrainingRun", "tiny-llama-continued")["status"]
+    assert status["initializedFrom"] == f"{weights} (Hugging Face Llama)"
+    assert status["step"] == status["totalSteps"] == 20 and status["progress"] == "20/20"
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["InitReady"] == "True" and conditions["DataReady"] == "True"
+
+
+@pytest.mark.slow  # ~16 s; the default tier runs the same example through the operator
+def test_mixture_example_reports_each_data_source(tmp_path):
+    workdir = run_example(tmp_path, "mixture.yaml")
+    status = state(workdir, "TrainingRun", "tiny-llama-mixture")["status"]
+    sources = {s["name"]: s for s in status["sources"]}
+    assert [s["name"] for s in status["sources"]] == ["comedies", "tragedies"]
+    assert sources["comedies"]["weight"] == 0.75 and sources["tragedies"]["weight"] == 0.25
+    assert sum(s["tokensSeen"] for s in status["sources"]) == status["tokensSeen"] > 0
+    assert all(s["valLoss"] > 0 for s in status["sources"])
+    assert sources["comedies"]["tokensSeen"] > sources["tragedies"]["tokensSeen"]
+    tragedies = state(workdir, "DataSource", "tragedies")["status"]
+    comedies = state(workdir, "DataSource", "comedies")["status"]
+    assert tragedies["stats"]["documentsOut"] == 6 and comedies["stats"]["documentsOut"] == 5

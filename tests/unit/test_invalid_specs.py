@@ -4,6 +4,7 @@ fields, CEL)."""
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,16 @@ def drop_path(path: str) -> Mutation:
         for part in parents:
             target = target[int(part) if part.isdigit() else part]
         del target[last]
+
+    return mutate
+
+
+def use_mixture(entries: list[dict[str, Any]]) -> Mutation:
+    """A mutation training the run on the mixture `entries` (spec.data) instead of its dataSourceRef."""
+
+    def mutate(obj: dict[str, Any]) -> None:
+        del obj["spec"]["dataSourceRef"]
+        obj["spec"]["data"] = copy.deepcopy(entries)
 
     return mutate
 
@@ -208,7 +219,69 @@ CASES: list[tuple[str, str, Mutation, str, str]] = [
         "spec.training.optimizer.betas",
         "must have at most 2 item(s)",
     ),
-    ("missing-data-ref", "TrainingRun", drop_path("spec.dataSourceRef"), "spec.dataSourceRef", "required"),
+    (
+        "neither-data-ref-nor-data",
+        "TrainingRun",
+        drop_path("spec.dataSourceRef"),
+        "spec",
+        "set exactly one of dataSourceRef and data",
+    ),
+    (
+        "both-data-ref-and-data",
+        "TrainingRun",
+        set_path("spec.data", [{"dataSourceRef": {"name": "web"}, "weight": 3}, {"dataSourceRef": {"name": "code"}}]),
+        "spec",
+        "set exactly one of dataSourceRef and data",
+    ),
+    (
+        "repeated-mixture-source",
+        "TrainingRun",
+        use_mixture([{"dataSourceRef": {"name": "web"}}, {"dataSourceRef": {"name": "web"}, "weight": 2}]),
+        "spec.data",
+        "each DataSource may appear once",
+    ),
+    (
+        "zero-mixture-weight",
+        "TrainingRun",
+        use_mixture([{"dataSourceRef": {"name": "web"}, "weight": 0}]),
+        "spec.data[0].weight",
+        "must be > 0",
+    ),
+    (
+        "two-init-sources",
+        "TrainingRun",
+        set_path("spec.init", {"from": "s3://models/base", "trainingRunRef": {"name": "base"}}),
+        "spec.init",
+        "set exactly one of from, trainingRunRef and modelExportRef",
+    ),
+    (
+        "init-step-without-checkpoint-step",
+        "TrainingRun",
+        set_path("spec.init", {"trainingRunRef": {"name": "base"}, "step": 500}),
+        "spec.init.step",
+        "is only used when checkpoint is step",
+    ),
+    (
+        "init-checkpoint-step-without-step",
+        "TrainingRun",
+        set_path("spec.init", {"trainingRunRef": {"name": "base"}, "checkpoint": "step"}),
+        "spec.init.step",
+        "must be set when checkpoint is step",
+    ),
+    (
+        "optimizer-state-from-an-export",
+        "TrainingRun",
+        set_path("spec.init", {"modelExportRef": {"name": "base-export"}, "optimizerState": True}),
+        "spec.init.optimizerState",
+        "an export holds no optimizer state: use trainingRunRef to continue with it",
+    ),
+    (
+        "model-without-layers-and-no-init",
+        "TrainingRun",
+        drop_path("spec.model.layers"),
+        "spec.model",
+        "spec.model needs layers, hiddenSize and heads unless spec.init names weights to start from",
+    ),
     ("zero-nodes", "TrainingRun", set_path("spec.resources", {"nodes": 0}), "spec.resources.nodes", "must be >= 1"),
     (
         "bad-quantity",

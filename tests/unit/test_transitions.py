@@ -37,7 +37,7 @@ def test_training_can_be_extended_and_suspended(valid, crds):
 def test_writing_a_default_explicitly_is_no_change(valid, crds):
     old = valid["TrainingRun"]
     new = copy.deepcopy(old)
-    new["spec"]["model"]["ropeTheta"] = 10000.0
+    new["spec"]["model"]["architecture"] = "llama"
     assert admit(crds["TrainingRun"], new, old) == []
 
 

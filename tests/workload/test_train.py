@@ -303,6 +303,7 @@ def test_checkpoints_on_s3_resume_exactly(tmp_path, dataset, s3_server):
     assert {"tiny/step-00000016/meta.json", "tiny/step-00000016/.metadata", "tiny/step-00000016/__0_0.distcp"} <= keys
 
 
+@pytest.mark.slow  # ~50 s of retries against a stopped S3 server; the slow tier runs it
 def test_s3_outage_mid_run_is_retryable_and_the_rerun_resumes_exactly(tmp_path, dataset):
     """SeaweedFS killed between the first checkpoint and the second: the trainer waits at the start of
     step 16's save until the server is gone (process reaped, port refusing), so the save cannot race the

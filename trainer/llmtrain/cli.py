@@ -130,6 +130,9 @@ def _train(args: argparse.Namespace) -> int:
             progress=args.progress,
             metrics_dir=Path(args.metrics_dir) if args.metrics_dir else None,
             stop_at_step=args.stop_at_step,
+            init=_init_uri(run, args.init),
+            init_select=args.init_select,
+            init_step=args.init_step,
         )
         if args.max_steps is not None:
             run.spec.training.max_steps = args.max_steps
@@ -138,6 +141,19 @@ def _train(args: argparse.Namespace) -> int:
         return code
     except BaseException as exc:  # DCP's CheckpointException is a BaseException; _fail maps every type
         return _fail(exc)
+
+
+def _init_uri(run: Any, given: str | None) -> str | None:
+    """The starting weights: --init (what the operator resolves), else spec.init.from; refs need --init."""
+    init = run.spec.init
+    if init is None:
+        if given:
+            raise SpecError([], "--init needs spec.init in the TrainingRun (the run must say it starts from weights)")
+        return None
+    if given or init.from_uri:
+        return given or init.from_uri
+    ref = "trainingRunRef" if init.training_run_ref else "modelExportRef"
+    raise SpecError([], f"spec.init.{ref}: pass --init (the weights' URI; the operator and `llmtrain run` resolve it)")
 
 
 _TRAIN_EXITS = {
@@ -315,7 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
         " last good state saved), 75 interrupted by SIGTERM after a checkpoint (rerun to resume).",
     )
     _resource_arguments(train, "TrainingRun")
-    train.add_argument("--data", required=True, help="the dataset: the DataSource's output (manifest.json)")
+    train.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="the dataset: the DataSource's output (manifest.json); a mixture (spec.data): one per source, in order",
+    )
     train.add_argument("--checkpoints", required=True, help="checkpoint URI or directory")
     train.add_argument("--progress", help="where to write the progress report (JSON)")
     train.add_argument("--metrics-dir", help="JSONL metrics and TensorBoard event files")
@@ -323,6 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--stop-at-step", type=_steps, help="checkpoint and exit 0 after this step; the schedule still spans maxSteps"
     )
+    train.add_argument(
+        "--init",
+        help="starting weights at step 0 (spec.init): a Hugging Face Llama directory, a checkpoint directory or root",
+    )
+    train.add_argument(
+        "--init-select",
+        choices=["latest", "best", "step"],
+        default="latest",
+        help="with a checkpoint root as --init: which checkpoint (default latest)",
+    )
+    train.add_argument("--init-step", type=_steps, help="with --init-select step: the step")
     train.set_defaults(handler=_train)
 
     export = commands.add_parser(

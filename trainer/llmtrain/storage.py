@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -274,17 +274,22 @@ def write_bytes(uri: str, data: bytes, client: Any = None) -> None:
         raise
 
 
-def download_tree(uri: str, target: Path, client: Any = None, reuse: bool = True) -> Path:
-    """Copy every file under `uri` into `target`, each atomically. A file already there is kept only if it
-    is the same object (size and ETag, recorded in `target/.downloaded.json`): a run recreated under the
-    same name writes same-size objects with other bytes, and those must not be served from the cache.
-    `reuse=False` downloads every file again (a local copy damaged after its download is replaced)."""
+def download_tree(
+    uri: str, target: Path, client: Any = None, reuse: bool = True, only: Collection[str] | None = None
+) -> Path:
+    """Copy every file under `uri` (or `only` those relative names) into `target`, each atomically. A file
+    already there is kept only if it is the same object (size and ETag, recorded in `target/.downloaded.json`):
+    a run recreated under the same name writes same-size objects with other bytes, and those must not be
+    served from the cache. `reuse=False` downloads every file again (a local copy damaged after its download
+    is replaced)."""
     record_path = target / ".downloaded.json"
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         record = {}
     for entry in list_files(uri, client=client):
+        if only is not None and entry.relative not in only:
+            continue
         path = target / entry.relative
         if reuse and path.exists() and path.stat().st_size == entry.size and record.get(entry.relative) == entry.etag:
             continue

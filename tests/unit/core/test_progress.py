@@ -33,6 +33,11 @@ def full_report() -> ProgressReport:
         alerts=[Alert("LossSpike", "warning", "loss 9 > 3x mean", 110, "2026-11-26T11:49:00Z")],
         started_at="2026-11-26T11:00:00Z",
         updated_at="2026-11-26T11:51:00Z",
+        sources=[
+            {"name": "web", "weight": 0.75, "tokensSeen": 46080, "epochs": 0.5, "valLoss": 3.4},
+            {"name": "code", "weight": 0.25, "tokensSeen": 15360, "epochs": 1.5},
+        ],
+        initialized_from="s3://b/base/checkpoints/step-00001000",
     )
 
 
@@ -40,6 +45,8 @@ def test_the_wire_format_round_trips_through_json():
     report = full_report()
     wire = json.loads(json.dumps(report.to_json()))
     assert wire["version"] == 1 and wire["tokensPerSecond"] == 5700.4 and wire["latestCheckpoint"]["valLoss"] == 3.6
+    assert wire["sources"][1] == {"name": "code", "weight": 0.25, "tokensSeen": 15360, "epochs": 1.5}
+    assert wire["initializedFrom"] == "s3://b/base/checkpoints/step-00001000"
     assert "failure" not in wire  # only a failed trainer reports one
     assert ProgressReport.from_json(wire) == report
 
@@ -87,3 +94,33 @@ def test_alerts_keep_the_newest_twenty():
     for step in range(25):
         report.add_alert(Alert("LossSpike", "warning", "", step))
     assert [a.step for a in report.alerts] == list(range(5, 25))
+
+
+def test_hostile_sources_lose_their_bad_items_and_fields():
+    wire = {
+        "version": 1,
+        "sources": [
+            "not a source",
+            {"weight": 0.5},  # no name
+            {"name": "no-weight"},
+            {"name": "bad-weight", "weight": "half"},
+            {"name": "n" * 300, "weight": 1, "tokensSeen": "many", "epochs": float("inf"), "valLoss": True},
+            *({"name": f"s{i}", "weight": 0.01} for i in range(30)),
+        ],
+        "initializedFrom": "u" * 5000,
+    }
+    report = ProgressReport.from_json(wire)
+    assert report is not None and len(report.sources) == 16  # a mixture names at most 16 DataSources
+    assert report.sources[0] == {"name": "n" * 253, "weight": 1.0}  # wrong types dropped, the name clipped
+    assert [s["name"] for s in report.sources[1:]] == [f"s{i}" for i in range(15)]
+    assert len(report.initialized_from) == 4096
+    for not_a_list in ({"name": "x", "weight": 1}, "x", 5):
+        assert ProgressReport.from_json({"version": 1, "sources": not_a_list}).sources == []
+    assert ProgressReport.from_json({"version": 1, "initializedFrom": 7}).initialized_from is None
+
+
+def test_sources_are_a_figure_and_initialized_from_is_not():
+    report = full_report()
+    figures = report.status_figures()
+    assert figures["sources"] == report.sources and figures["sources"] is not report.sources
+    assert "initializedFrom" not in figures and "initializedFrom" not in STATUS_FIGURES

@@ -49,11 +49,21 @@ def test_jsonl_tensorboard_and_prometheus(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     metrics = Metrics(tmp_path, "tiny", port)
-    metrics.log(10, {"loss": 3.5, "tokensPerSecond": 1234.0, "mfu": None})
+    sources = [
+        {"name": "web-crawl", "weight": 0.75, "tokensSeen": 4096, "epochs": 0.5, "valLoss": 2.5},
+        {"name": "code", "weight": 0.25, "tokensSeen": 1024, "epochs": 1.25},
+    ]
+    metrics.log(10, {"loss": 3.5, "tokensPerSecond": 1234.0, "mfu": None}, sources)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'llmtrain_train_loss{run="tiny"} 3.5' in body and 'llmtrain_train_step{run="tiny"} 10.0' in body
+    assert 'llmtrain_train_source_tokensSeen{run="tiny",source="web-crawl"} 4096.0' in body
+    assert 'llmtrain_train_source_epochs{run="tiny",source="code"} 1.25' in body
     metrics.close()
-    assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 3.5
+    line = json.loads((tmp_path / "metrics.jsonl").read_text())  # one line for the step, sources inside
+    assert line["loss"] == 3.5 and line["sources"] == {
+        "web-crawl": {"tokensSeen": 4096, "epochs": 0.5, "valLoss": 2.5},
+        "code": {"tokensSeen": 1024, "epochs": 1.25},
+    }
     assert list((tmp_path / "tensorboard").iterdir())
 
 

@@ -24,6 +24,7 @@ from llmtrain.train.step import StepOutcome
 WIRE_KEYS = {
     "version", "run", "phase", "step", "totalSteps", "tokensSeen", "loss", "valLoss", "perplexity",
     "tokensPerSecond", "mfu", "eta", "latestCheckpoint", "bestCheckpoint", "alerts", "startedAt", "updatedAt",
+    "sources", "initializedFrom",  # added in version 1 (issue 18): readers ignore keys they do not know
 }  # fmt: skip
 
 
@@ -40,10 +41,12 @@ class Recorded:
 
     def __init__(self) -> None:
         self.logged: list[tuple[int, dict]] = []
+        self.sources: list[tuple[int, list | None]] = []
         self.closed = False
 
-    def log(self, step: int, values: dict) -> None:
+    def log(self, step: int, values: dict, sources: list | None = None) -> None:
         self.logged.append((step, values))
+        self.sources.append((step, sources))
 
     def close(self) -> None:
         self.closed = True
@@ -89,6 +92,7 @@ def test_the_wire_format_is_version_1_as_before(tmp_path):
     assert report["version"] == 1 and report["run"] == "tiny" and report["totalSteps"] == 40
     assert (report["step"], report["tokensSeen"], report["loss"], report["tokensPerSecond"]) == (3, 1536, 4.25, 5700)
     assert report["phase"] == "Running" and report["alerts"] == [] and report["latestCheckpoint"] is None
+    assert report["sources"] == [] and report["initializedFrom"] is None
     assert report["startedAt"].endswith("Z") and report["updatedAt"].endswith("Z")
     reporter.update(force=True, phase="Failed", failure={"reason": "NonFiniteLoss", "message": "loss is nan"})
     assert read(tmp_path / "p.json")["failure"] == {"reason": "NonFiniteLoss", "message": "loss is nan"}

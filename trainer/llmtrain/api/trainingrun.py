@@ -24,13 +24,22 @@ IMMUTABLE = "self == oldSelf"
 
 
 class ModelSpec(ApiModel):
-    """Model shape; the vocabulary size comes from the DataSource's tokenizer. Immutable."""
+    """Model shape; the vocabulary size comes from the DataSource's tokenizer. Immutable. With `spec.init`
+    every field may be left out (it is read from the weights' config.json); a field given must then agree
+    with it, except maxSeqLen (the training window, not a weight)."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule("self.hiddenSize % self.heads == 0", "must divide hiddenSize", ".heads"),
-        CelRule("!has(self.kvHeads) || self.heads % self.kvHeads == 0", "must divide heads", ".kvHeads"),
         CelRule(
-            "self.hiddenSize % self.heads != 0 || (self.hiddenSize / self.heads) % 2 == 0",
+            "!has(self.hiddenSize) || !has(self.heads) || self.hiddenSize % self.heads == 0",
+            "must divide hiddenSize",
+            ".heads",
+        ),
+        CelRule(
+            "!has(self.kvHeads) || !has(self.heads) || self.heads % self.kvHeads == 0", "must divide heads", ".kvHeads"
+        ),
+        CelRule(
+            "!has(self.hiddenSize) || !has(self.heads) || self.hiddenSize % self.heads != 0"
+            " || (self.hiddenSize / self.heads) % 2 == 0",
             "hiddenSize / heads (the head size) must be even for RoPE",
             ".heads",
         ),
@@ -38,19 +47,34 @@ class ModelSpec(ApiModel):
     )
 
     architecture: Literal["llama"] = Field(default="llama", description="Model family; llama for now.")
-    layers: Annotated[int, Ge(1), Le(512)] = Field(description="Transformer blocks.")
-    hidden_size: Annotated[int, Ge(8), Le(65536)] = Field(description="Model width.")
-    heads: Annotated[int, Ge(1), Le(1024)] = Field(description="Attention heads.")
+    layers: Annotated[int, Ge(1), Le(512)] | None = Field(
+        default=None, description="Transformer blocks (required without spec.init)."
+    )
+    hidden_size: Annotated[int, Ge(8), Le(65536)] | None = Field(
+        default=None, description="Model width (required without spec.init)."
+    )
+    heads: Annotated[int, Ge(1), Le(1024)] | None = Field(
+        default=None, description="Attention heads (required without spec.init)."
+    )
     kv_heads: Annotated[int, Ge(1), Le(1024)] | None = Field(
         default=None, description="Key/value heads (grouped-query attention); heads when unset."
     )
     intermediate_size: Annotated[int, Ge(8), Le(262144)] | None = Field(
         default=None, description="SwiGLU width; about 8/3 x hiddenSize rounded up to 256 when unset."
     )
-    max_seq_len: Annotated[int, Ge(8), Le(1_048_576)] = Field(default=2048, description="Context length in tokens.")
-    rope_theta: Annotated[float, Gt(0.0)] = Field(default=10000.0, description="RoPE base frequency.")
-    norm_eps: Annotated[float, Gt(0.0), Lt(1.0)] = Field(default=1e-5, description="RMSNorm epsilon.")
-    tie_embeddings: bool = Field(default=False, description="Share the input embedding with the output projection.")
+    max_seq_len: Annotated[int, Ge(8), Le(1_048_576)] | None = Field(
+        default=None,
+        description="Context length in tokens; 2048 when unset (with spec.init: the config's max_position_embeddings).",
+    )
+    rope_theta: Annotated[float, Gt(0.0)] | None = Field(
+        default=None, description="RoPE base frequency; 10000 when unset."
+    )
+    norm_eps: Annotated[float, Gt(0.0), Lt(1.0)] | None = Field(
+        default=None, description="RMSNorm epsilon; 1e-5 when unset."
+    )
+    tie_embeddings: bool | None = Field(
+        default=None, description="Share the input embedding with the output projection; false when unset."
+    )
 
 
 class OptimizerSpec(ApiModel):
@@ -66,11 +90,20 @@ class OptimizerSpec(ApiModel):
 
 
 class SchedulerSpec(ApiModel):
-    """The learning-rate schedule: linear warmup, then decay to lr x minLrRatio."""
+    """The learning-rate schedule: linear warmup, then decay to lr x minLrRatio. `wsd` (warmup-stable-decay)
+    holds the peak lr until the last decaySteps, then decays: the schedule continued pretraining wants."""
 
-    type: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="cosine, linear or constant.")
+    type: Literal["cosine", "linear", "constant", "wsd"] = Field(
+        default="cosine", description="cosine, linear, constant or wsd (warmup-stable-decay)."
+    )
     warmup_steps: Annotated[int, Ge(0)] = Field(default=0, description="Linear warmup steps.")
     min_lr_ratio: Annotated[float, Ge(0.0), Le(1.0)] = Field(default=0.1, description="Final lr as a fraction of lr.")
+    decay_steps: Annotated[int, Ge(1)] | None = Field(
+        default=None, description="wsd: steps of the final decay; a fifth of maxSteps when unset."
+    )
+    decay_shape: Literal["linear", "sqrt"] = Field(
+        default="linear", description="wsd: the decay's shape, linear or sqrt (1 - sqrt of the decay's progress)."
+    )
 
 
 class TrainingSpec(ApiModel):
@@ -78,6 +111,12 @@ class TrainingSpec(ApiModel):
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule("self.scheduler.warmupSteps < self.maxSteps", "must be less than maxSteps", ".scheduler.warmupSteps"),
+        CelRule(
+            "!has(self.scheduler.decaySteps)"
+            " || self.scheduler.warmupSteps + self.scheduler.decaySteps <= self.maxSteps",
+            "warmupSteps + decaySteps must not exceed maxSteps",
+            ".scheduler.decaySteps",
+        ),
     )
 
     max_steps: Annotated[int, Gt(0)] = Field(description="Optimizer steps to train for; may be raised to train longer.")
@@ -161,14 +200,112 @@ class AlertsSpec(ApiModel):
     )
 
 
+class InitSpec(ApiModel):
+    """Weights to start from instead of random ones (continued pretraining). Applied once, at step 0: a run
+    that has checkpoints of its own resumes from them. The optimizer starts fresh unless optimizerState."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "(has(self.from) ? 1 : 0) + (has(self.trainingRunRef) ? 1 : 0) + (has(self.modelExportRef) ? 1 : 0) == 1",
+            "set exactly one of from, trainingRunRef and modelExportRef",
+        ),
+        CelRule("has(self.trainingRunRef) || !has(self.checkpoint)", "is only used with trainingRunRef", ".checkpoint"),
+        CelRule(
+            "!has(self.checkpoint) || self.checkpoint != 'step' || has(self.step)",
+            "must be set when checkpoint is step",
+            ".step",
+        ),
+        CelRule(
+            "!has(self.step) || (has(self.checkpoint) && self.checkpoint == 'step')",
+            "is only used when checkpoint is step",
+            ".step",
+        ),
+        CelRule(
+            "!has(self.modelExportRef) || !self.optimizerState",
+            "an export holds no optimizer state: use trainingRunRef to continue with it",
+            ".optimizerState",
+        ),
+    )
+
+    from_uri: StorageUri | None = Field(
+        default=None,
+        alias="from",
+        description="A Hugging Face Llama directory (config.json and model.safetensors, or shards with"
+        " model.safetensors.index.json) or an llmtrain checkpoint (a step-NNNNNNNN directory, or a checkpoint"
+        " root whose `latest` is taken); s3://, pvc:// or (local runner) a path. Never downloaded from a hub.",
+    )
+    training_run_ref: LocalObjectReference | None = Field(
+        default=None, description="Start from a checkpoint of this TrainingRun (same namespace)."
+    )
+    checkpoint: Literal["latest", "best", "step"] | None = Field(
+        default=None,
+        description="With trainingRunRef: latest (the default; waits for the run to succeed), best, or step.",
+    )
+    step: Annotated[int, Ge(0)] | None = Field(
+        default=None, description="The checkpoint's step when checkpoint is step."
+    )
+    model_export_ref: LocalObjectReference | None = Field(
+        default=None, description="Start from this ModelExport's safetensors (Hugging Face layout) artifact."
+    )
+    optimizer_state: bool = Field(
+        default=False,
+        description="Also load the AdamW moments of the llmtrain checkpoint (continuing a run of one's own);"
+        " the step counter, schedule and data order start at 0 either way.",
+    )
+
+
+class DataMixtureEntry(ApiModel):
+    """One DataSource of a mixture and its share of the training windows."""
+
+    data_source_ref: LocalObjectReference = Field(description="The DataSource (same namespace).")
+    weight: Annotated[float, Gt(0.0), Le(1_000_000.0)] = Field(
+        default=1.0, description="Relative weight: the share of windows is weight / the sum of weights."
+    )
+
+
 class TrainingRunSpec(ApiModel):
     """What to train, on which data, with which resources."""
 
-    data_source_ref: Annotated[
-        LocalObjectReference,
-        CelRule(IMMUTABLE, "spec.dataSourceRef is immutable: create a new TrainingRun to train on other data"),
-    ] = Field(description="The DataSource whose shards and tokenizer to train on.")
-    model: ModelSpec = Field(description="Model shape.")
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule("has(self.dataSourceRef) != has(self.data)", "set exactly one of dataSourceRef and data"),
+        CelRule(
+            "!has(self.data)"
+            " || self.data.all(x, self.data.exists_one(y, y.dataSourceRef.name == x.dataSourceRef.name))",
+            "each DataSource may appear once",
+            ".data",
+        ),
+        CelRule(
+            "has(self.init) || (has(self.model) && has(self.model.layers) && has(self.model.hiddenSize)"
+            " && has(self.model.heads))",
+            "spec.model needs layers, hiddenSize and heads unless spec.init names weights to start from",
+            ".model",
+        ),
+    )
+
+    data_source_ref: (
+        Annotated[
+            LocalObjectReference,
+            CelRule(IMMUTABLE, "spec.dataSourceRef is immutable: create a new TrainingRun to train on other data"),
+        ]
+        | None
+    ) = Field(default=None, description="The DataSource whose shards and tokenizer to train on.")
+    data: (
+        Annotated[
+            list[DataMixtureEntry],
+            MinLen(1),
+            MaxLen(16),
+            CelRule(
+                IMMUTABLE, "spec.data is immutable: create a new TrainingRun (spec.init can start it from this one)"
+            ),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="A weighted mixture of DataSources (instead of dataSourceRef); their tokenizers must be"
+        " identical. Each step's windows come from the sources in proportion to the weights.",
+    )
+    model: ModelSpec | None = Field(default=None, description="Model shape; optional with spec.init.")
+    init: InitSpec | None = Field(default=None, description="Start from existing weights (continued pretraining).")
     training: TrainingSpec = Field(description="The optimization loop.")
     validation: ValidationLoopSpec = Field(default_factory=ValidationLoopSpec, description="Validation.")
     checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec, description="Checkpoints.")
@@ -190,6 +327,13 @@ class TrainingRunSpec(ApiModel):
         default=3, description="Retryable failures (preemption, node loss, NCCL timeout) resumed from a checkpoint."
     )
     image: Image | None = Field(default=None, description="Workload image; the operator's default when unset.")
+
+    def mixture(self) -> list[tuple[str, float]]:
+        """(DataSource name, share of the windows) for each source, in order; shares sum to 1."""
+        if self.data is None:
+            return [(self.data_source_ref.name, 1.0)] if self.data_source_ref else []
+        total = sum(entry.weight for entry in self.data)
+        return [(entry.data_source_ref.name, entry.weight / total) for entry in self.data]
 
 
 class CheckpointRef(ApiModel):
@@ -213,6 +357,16 @@ class Alert(ApiModel):
     time: Timestamp | None = Field(default=None, description="When it was seen.")
 
 
+class SourceStatus(ApiModel):
+    """One DataSource of the run's data: its share, the tokens drawn from it, its validation loss."""
+
+    name: str = Field(description="The DataSource.")
+    weight: float = Field(description="Share of the training windows, 0-1.")
+    tokens_seen: int | None = Field(default=None, description="Training tokens drawn from it.")
+    epochs: float | None = Field(default=None, description="Tokens drawn over its train tokens: above 1 it repeats.")
+    val_loss: float | None = Field(default=None, description="Last validation loss on its validation split.")
+
+
 class TrainingRunStatus(ApiModel):
     """What the operator observed, from Jobs, pods and the trainer's progress reports."""
 
@@ -227,7 +381,15 @@ class TrainingRunStatus(ApiModel):
     progress: str | None = Field(default=None, description="step/totalSteps, for kubectl get.")
     tokens_seen: int | None = Field(default=None, description="Training tokens consumed.")
     loss: float | None = Field(default=None, description="Recent training loss.")
-    val_loss: float | None = Field(default=None, description="Last validation loss.")
+    val_loss: float | None = Field(
+        default=None, description="Last validation loss (a mixture: the weighted mean of its sources')."
+    )
+    sources: Annotated[list[SourceStatus], MaxLen(16)] = Field(
+        default_factory=list, description="Per DataSource of a mixture: share, tokens drawn, validation loss."
+    )
+    initialized_from: str | None = Field(
+        default=None, description="The weights the run started from (spec.init), as the trainer loaded them."
+    )
     perplexity: float | None = Field(default=None, description="exp(valLoss).")
     tokens_per_second: int | None = Field(default=None, description="Recent training throughput, all ranks.")
     mfu: float | None = Field(default=None, description="Model FLOPs utilization, 0-1.")
@@ -246,7 +408,8 @@ class TrainingRunStatus(ApiModel):
 
 
 class TrainingRun(Resource):
-    """Train a model from scratch with FSDP2 under torchrun; checkpoints, resume, metrics, alerts."""
+    """Train a model with FSDP2 under torchrun, from scratch or from existing weights, on one DataSource or a
+    weighted mixture; checkpoints, resume, metrics, alerts."""
 
     KIND: ClassVar[str] = "TrainingRun"
     PLURAL: ClassVar[str] = "trainingruns"

@@ -50,6 +50,8 @@ _WARNING_REASONS = {
     "CrashLoopBackOff",
     "TrainingRunFailed",
     "DataSourceFailed",
+    "InitRunFailed",
+    "InitExportFailed",
 }
 
 

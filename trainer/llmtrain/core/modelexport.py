@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 from ..api import DataSource, ModelExport, TrainingRun
-from . import children, datasource, jobs, naming, parsed, pods, trainingrun, uris
+from . import checkpoints, children, datasource, jobs, naming, parsed, pods, trainingrun, uris
 from .context import Context
 from .plan import ChildKey, Observed, Outcome
 from .status import StatusBuilder
@@ -42,13 +42,14 @@ def child_keys(body: dict[str, Any]) -> list[ChildKey]:
 
 
 def dependency_keys(body: dict[str, Any], found: dict[ChildKey, dict[str, Any]] | None = None) -> list[ChildKey]:
-    """Its TrainingRun and DataSource; call again with what was found (a run names its DataSource)."""
+    """Its TrainingRun and DataSource; call again with what was found (a run names its DataSource: the
+    first of a mixture)."""
     spec = body.get("spec") or {}
     run_ref = (spec.get("trainingRunRef") or {}).get("name")
     run = (found or {}).get((trainingrun.KIND, run_ref)) if run_ref else None
     if run is not None and not spec.get("dataSourceRef"):
-        source = ((run.get("spec") or {}).get("dataSourceRef") or {}).get("name", "")
-        return [(trainingrun.KIND, run_ref), (datasource.KIND, source)]
+        sources = trainingrun.data_source_names(run)
+        return [(trainingrun.KIND, run_ref), (datasource.KIND, sources[0] if sources else "")]
     keys = []
     if run_ref:
         keys.append((trainingrun.KIND, run_ref))
@@ -101,17 +102,16 @@ def build(
 class Status(StatusBuilder):
     """An export's status: the checkpoint it reads, and then its artifacts."""
 
-    def waiting_for_checkpoint(self, name: str, spec: Any, run_status: dict[str, Any]) -> None:
-        if run_status.get("phase") == "Failed":
+    def waiting_for_checkpoint(self, waiting: checkpoints.Waiting) -> None:
+        if waiting.state == "missing":
+            self.waiting_for("WaitingForTrainingRun", waiting.message)
+            return
+        if waiting.state == "failed":
             self.waiting_for(
-                "TrainingRunFailed",
-                f"TrainingRun {name} failed: {run_status.get('message', '')};"
-                " export one of its checkpoints with checkpoint: step",
+                "TrainingRunFailed", f"{waiting.message}; export one of its checkpoints with checkpoint: step"
             )
         else:
-            want = f"step {spec.step}" if spec.checkpoint == "step" else "the run to finish"
-            at = run_status.get("progress") or "no progress yet"
-            self.waiting_for("WaitingForCheckpoint", f"waiting for TrainingRun {name}: {want} (at {at})")
+            self.waiting_for("WaitingForCheckpoint", waiting.message)
         self.condition("CheckpointReady", False, "WaitingForCheckpoint", self.status["message"])
 
     def exported(self, report: dict[str, Any], checkpoint: str, report_uri: str) -> None:
@@ -152,20 +152,12 @@ def _checkpoint(
         return checkpoint, spec.data_source_ref.name if spec.data_source_ref else "", None
     name = spec.training_run_ref.name
     found = observed.dependencies.get((trainingrun.KIND, name))
-    if found is None:
-        status.waiting_for("WaitingForTrainingRun", f"TrainingRun {name} does not exist yet")
+    waiting = checkpoints.wait(found, name, spec.checkpoint, spec.step)
+    if waiting is not None:
+        status.waiting_for_checkpoint(waiting)
         return None
-    run_status = found.get("status") or {}
     run = parsed.model(TrainingRun, found)
-    latest = (run_status.get("latestCheckpoint") or {}).get("step")
-    if spec.checkpoint == "step":
-        ready = latest is not None and latest >= (spec.step or 0)
-    else:
-        ready = run_status.get("phase") == "Succeeded"
-    if not ready:
-        status.waiting_for_checkpoint(name, spec, run_status)
-        return None
-    source = spec.data_source_ref.name if spec.data_source_ref else run.spec.data_source_ref.name
+    source = spec.data_source_ref.name if spec.data_source_ref else run.spec.mixture()[0][0]
     return uris.checkpoints_uri(run, namespace, ctx), source, run
 
 

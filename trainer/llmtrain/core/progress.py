@@ -15,6 +15,8 @@ from typing import Any
 
 PROGRESS_VERSION = 1
 MAX_ALERTS = 20
+#: A mixture names at most 16 DataSources (`spec.data`), and the status keeps as many.
+MAX_SOURCES = 16
 SEVERITIES = ("warning", "critical")
 
 
@@ -46,6 +48,10 @@ def _integer(value: Any) -> int | None:
 
 def _text(value: Any, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) and value else None
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 @dataclass
@@ -112,9 +118,27 @@ class Alert:
         return self.type, self.step, self.time
 
 
+def source_figures(data: Any) -> dict[str, Any] | None:
+    """One DataSource's figures as the status keeps them (`status.sources[]`): name (at most 253
+    characters) and weight required, tokensSeen, epochs and valLoss kept when they are numbers."""
+    if not isinstance(data, dict):
+        return None
+    name, weight = _text(data.get("name"), 253), _number(data.get("weight"))
+    if name is None or weight is None:
+        return None
+    out: dict[str, Any] = {"name": name, "weight": weight}
+    for key, read in (("tokensSeen", _integer), ("epochs", _number), ("valLoss", _number)):
+        value = read(data.get(key))
+        if value is not None:
+            out[key] = value
+    return out
+
+
 @dataclass
 class ProgressReport:
-    """Rank 0's figures. `phase` is Running, Paused, Interrupted, Failed or Succeeded."""
+    """Rank 0's figures. `phase` is Running, Paused, Interrupted, Failed or Succeeded. `sources` holds
+    each DataSource of the run's data in wire form ({name, weight (its share), tokensSeen, epochs,
+    valLoss}); `initialized_from` the weights the run started from (spec.init), as the trainer loaded them."""
 
     run: str
     total_steps: int
@@ -133,6 +157,8 @@ class ProgressReport:
     started_at: str | None = None
     updated_at: str | None = None
     failure: dict[str, str] | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    initialized_from: str | None = None
 
     def add_alert(self, alert: Alert) -> None:
         self.alerts = [*self.alerts, alert][-MAX_ALERTS:]
@@ -156,6 +182,7 @@ class ProgressReport:
         if not isinstance(data, dict) or data.get("version") != PROGRESS_VERSION:
             return None
         alerts = [Alert.from_json(item) for item in data.get("alerts") or [] if isinstance(item, dict)]
+        sources = [source_figures(item) for item in _items(data.get("sources"))]
         return cls(
             run=_text(data.get("run"), 253) or "",
             total_steps=_integer(data.get("totalSteps")) or 0,
@@ -173,6 +200,8 @@ class ProgressReport:
             alerts=[alert for alert in alerts if alert is not None],
             started_at=_text(data.get("startedAt"), 64),
             updated_at=_text(data.get("updatedAt"), 64),
+            sources=[source for source in sources if source is not None][:MAX_SOURCES],
+            initialized_from=_text(data.get("initializedFrom"), 4096),
         )
 
     def status_figures(self) -> dict[str, Any]:
@@ -180,10 +209,11 @@ class ProgressReport:
         figures = {camel(name): getattr(self, name) for name in FIGURES}
         if self.tokens_per_second is not None:
             figures["tokensPerSecond"] = int(self.tokens_per_second)
+        figures["sources"] = [dict(source) for source in self.sources] or None
         return {key: value for key, value in figures.items() if value is not None}
 
 
 #: The report's figures the status copies as they are (tokens per second as an integer).
 FIGURES = ("tokens_seen", "loss", "val_loss", "perplexity", "tokens_per_second", "mfu", "eta")
 #: Status fields that change with every report (a write carrying only these may wait for the throttle).
-STATUS_FIGURES = frozenset(["step", "progress", "lastProgressTime", *map(camel, FIGURES)])
+STATUS_FIGURES = frozenset(["step", "progress", "lastProgressTime", "sources", *map(camel, FIGURES)])

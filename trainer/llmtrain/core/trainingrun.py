@@ -1,6 +1,7 @@
 """A TrainingRun: its children (spec and progress ConfigMaps, the trainer's ServiceAccount, Role and
-RoleBinding, the headless Service, the Indexed trainer Job), the DataSource it reads, and its status:
-progress from the trainer's report, checkpoints, restarts, suspension (Kueue), Stalled, alerts."""
+RoleBinding, the headless Service, the Indexed trainer Job), what it reads (its DataSource, or each of a
+mixture's, and the weights `spec.init` starts from), and its status: progress from the trainer's report,
+checkpoints, restarts, suspension (Kueue), Stalled, alerts."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from functools import partial
 from typing import Any
 
 from ..api import DataSource, TrainingRun
+from ..api.trainingrun import ModelSpec
 from ..model.shape import spec_parameter_count
-from . import children, datasource, diagnosis, jobs, naming, parsed, pods, uris
+from . import children, datasource, diagnosis, init_weights, jobs, naming, parsed, pods, uris
 from .context import Context
 from .diagnosis import Finding
+from .init_weights import Start
 from .plan import ChildKey, Observed, Outcome, sooner
 from .progress import Alert, ProgressReport
 from .status import StatusBuilder, parse_time
@@ -27,6 +30,9 @@ SAVE_BYTES_PER_SECOND = 0.2e9
 MAX_ALERTS = 64
 #: A deadline is looked at this long after it falls due (it is "more than N seconds", not "N seconds").
 DEADLINE_SLACK = 1.0
+#: The grace period when spec.model leaves the shape to the weights spec.init starts from (the operator
+#: does not read their config.json): at the pace above, one node saves about 28 billion parameters in it.
+UNKNOWN_SHAPE_GRACE_SECONDS = 1800
 
 
 @dataclass
@@ -46,27 +52,50 @@ def child_keys(body: dict[str, Any]) -> list[ChildKey]:
     return children.child_keys(Children, body["metadata"]["name"])
 
 
+def data_source_names(body: dict[str, Any]) -> list[str]:
+    """The DataSources a run body reads, in spec order: `spec.dataSourceRef`, or each of `spec.data`."""
+    spec = body.get("spec") or {}
+    refs = [entry.get("dataSourceRef") for entry in spec.get("data") or []] or [spec.get("dataSourceRef")]
+    return [ref["name"] for ref in refs if isinstance(ref, dict) and ref.get("name")]
+
+
 def dependency_keys(body: dict[str, Any], found: dict[ChildKey, dict[str, Any]] | None = None) -> list[ChildKey]:
-    return [(datasource.KIND, ((body.get("spec") or {}).get("dataSourceRef") or {}).get("name", ""))]
+    """Every DataSource of its data, and the TrainingRun or ModelExport `spec.init` names."""
+    sources = [(datasource.KIND, name) for name in data_source_names(body)]
+    return sources + init_weights.dependency_keys(body.get("spec") or {})
 
 
-def parameters(run: TrainingRun, vocab_size: int) -> int:
-    """Parameter count of the Llama the run trains (embedding, blocks, norms, output)."""
-    return spec_parameter_count(run.spec.model, vocab_size)
+def shape_known(model: ModelSpec | None) -> bool:
+    """Whether spec.model alone gives the shape (with spec.init it may leave it to the weights)."""
+    return model is not None and None not in (model.layers, model.hidden_size, model.heads)
+
+
+def parameters(run: TrainingRun, vocab_size: int) -> int | None:
+    """Parameter count of the Llama the run trains (embedding, blocks, norms, output); None when
+    spec.model leaves the shape to the weights spec.init starts from."""
+    return spec_parameter_count(run.spec.model, vocab_size) if shape_known(run.spec.model) else None
 
 
 def grace_seconds(run: TrainingRun, vocab_size: int) -> int:
     """Time for SIGTERM -> finish the step -> save a checkpoint: fp32 weights plus two Adam moments
-    (12 bytes per parameter) split across the nodes, at a pessimistic disk speed, plus two minutes."""
-    per_node = 12 * parameters(run, vocab_size) / run.spec.resources.nodes
+    (12 bytes per parameter) split across the nodes, at a pessimistic disk speed, plus two minutes;
+    `UNKNOWN_SHAPE_GRACE_SECONDS` (1800 s) when the shape comes from the starting weights."""
+    count = parameters(run, vocab_size)
+    if count is None:
+        return UNKNOWN_SHAPE_GRACE_SECONDS
+    per_node = 12 * count / run.spec.resources.nodes
     return int(min(3600, 120 + per_node / SAVE_BYTES_PER_SECOND))
 
 
 # --- children ---------------------------------------------------------------------------------------
 
 
-def build(body: dict[str, Any], run: TrainingRun, source: DataSource, source_namespace: str, ctx: Context) -> Children:
-    """Spec ConfigMap, progress ConfigMap with its ServiceAccount/Role/RoleBinding, headless Service, Indexed Job."""
+def build(
+    body: dict[str, Any], run: TrainingRun, sources: list[tuple[DataSource, str]], start: Start | None, ctx: Context
+) -> Children:
+    """Spec ConfigMap, progress ConfigMap with its ServiceAccount/Role/RoleBinding, headless Service, Indexed
+    Job. `sources`: each DataSource of the run's data with its namespace, in spec order; `start`: the
+    weights spec.init starts from."""
     namespace = body["metadata"]["namespace"]
     labels = naming.labels(KIND, run.name, "trainer", run=run.name)
     configmap = children.spec_configmap(body, [children.document(run, namespace)], labels, ctx)
@@ -77,8 +106,9 @@ def build(body: dict[str, Any], run: TrainingRun, source: DataSource, source_nam
         "data": {},
     }
     account, role, binding = _rbac(body, run.name, labels, ctx)
-    data = uris.dataset_uri(source, source_namespace, ctx)
-    job = _trainer_job(body, run, configmap, data, source.spec.tokenizer.vocab_size, labels, ctx)
+    data = [uris.dataset_uri(source, source_namespace, ctx) for source, source_namespace in sources]
+    vocab_size = sources[0][0].spec.tokenizer.vocab_size  # a mixture's tokenizers are identical (the trainer checks)
+    job = _trainer_job(body, run, configmap, data, start, vocab_size, labels, ctx)
     return Children(configmap, progress, account, role, binding, _service(body, run.name, labels, ctx), job)
 
 
@@ -130,7 +160,8 @@ def _trainer_job(
     body: dict[str, Any],
     run: TrainingRun,
     configmap: dict[str, Any],
-    data: str,
+    data: list[str],
+    start: Start | None,
     vocab_size: int,
     labels: dict[str, str],
     ctx: Context,
@@ -138,7 +169,8 @@ def _trainer_job(
     """The Indexed Job of `nodes` pods running torchrun, Kueue's queue label when queued."""
     namespace, name, compute = body["metadata"]["namespace"], run.name, run.spec.resources
     checkpoints = uris.checkpoints_uri(run, namespace, ctx)
-    vols, mounts = pods.volumes(configmap["metadata"]["name"], uris.claims([data, checkpoints]), [], shm=True)
+    claims = uris.claims([*data, checkpoints, start.uri if start else None])
+    vols, mounts = pods.volumes(configmap["metadata"]["name"], claims, [], shm=True)
     env_extra = {
         "LLMTRAIN_MASTER_ADDR": naming.master_address(name),
         "LLMTRAIN_MASTER_PORT": str(naming.MASTER_PORT),
@@ -152,7 +184,7 @@ def _trainer_job(
         ctx,
         run.spec.image,
         ["llmtrain", "launch", "--"],
-        _torchrun_args(run, data, checkpoints),
+        _torchrun_args(run, data, start, checkpoints),
         [children.INDEX_ENV, *pods.env(ctx, env_extra)],
         mounts,
         pods.resources(compute.cpu, compute.memory, extended),
@@ -188,7 +220,9 @@ def _trainer_job(
     return job
 
 
-def _torchrun_args(run: TrainingRun, data: str, checkpoints: str) -> list[str]:
+def _torchrun_args(run: TrainingRun, data: list[str], start: Start | None, checkpoints: str) -> list[str]:
+    """torchrun, then the trainer: `--data` once per DataSource in spec order, `--init` (and which
+    checkpoint) when spec.init starts from existing weights."""
     compute = run.spec.resources
     return [
         f"--nnodes={compute.nodes}",
@@ -204,8 +238,8 @@ def _torchrun_args(run: TrainingRun, data: str, checkpoints: str) -> list[str]:
         f"{pods.SPEC_DIR}/{naming.SPEC_KEY}",
         "--name",
         run.name,
-        "--data",
-        data,
+        *(arg for uri in data for arg in ("--data", uri)),
+        *(start.args() if start else []),
         "--checkpoints",
         checkpoints,
         "--progress",
@@ -236,6 +270,11 @@ class Status(StatusBuilder):
         self.status.setdefault("progress", f"{self.status.get('step') or 0}/{total_steps}")
         self.status.setdefault("restarts", 0)
 
+    def mixture(self, run: TrainingRun) -> None:
+        """A mixture's sources with their shares, until the trainer reports its figures for them."""
+        if run.spec.data is not None and not self.status.get("sources"):
+            self.status["sources"] = [{"name": name, "weight": share} for name, share in run.spec.mixture()]
+
     def progress(self, report: ProgressReport | None, total_steps: int) -> None:
         """Copy the trainer's figures from its progress report into the status."""
         status = self.status
@@ -248,6 +287,8 @@ class Status(StatusBuilder):
         status["step"] = report.step
         status["progress"] = f"{report.step}/{total_steps}"
         status.update(report.status_figures())
+        if report.initialized_from:
+            status["initializedFrom"] = report.initialized_from
         for key, ref in (("latestCheckpoint", report.latest_checkpoint), ("bestCheckpoint", report.best_checkpoint)):
             if ref is not None:
                 status[key] = ref.to_json()
@@ -332,17 +373,25 @@ class Status(StatusBuilder):
 def reconcile(
     body: dict[str, Any], run: TrainingRun, observed: Observed, ctx: Context, status: Status, now: datetime
 ) -> Outcome:
-    """Wait for the DataSource; then own the children and read the trainer Job, its pods and the report."""
+    """Wait for every DataSource, then for the weights spec.init starts from; then own the children and
+    read the trainer Job, its pods and the report."""
     total = run.spec.training.max_steps
     status.steps(total)
-    found = datasource.ready(observed, run.spec.data_source_ref.name, status, "DataReady")
-    if found is None:
-        return Outcome()
+    status.mixture(run)
+    init_weights.check(run, ctx)
     namespace = body["metadata"]["namespace"]
-    source = parsed.model(DataSource, found)
-    built = build(body, run, source, found["metadata"].get("namespace") or namespace, ctx)
+    sources = _ready_sources(run, namespace, observed, status)
+    if sources is None:
+        return Outcome()
+    job = observed.children.get(("Job", naming.train_job(run.name)))
+    start = None
+    if run.spec.init is not None:
+        started = job is not None or bool(status.status.get("startTime"))
+        start = init_weights.resolve(run, namespace, observed, ctx, status, started)
+        if start is None:
+            return Outcome()
+    built = build(body, run, sources, start, ctx)
     wanted = children.objects(built)
-    job = observed.children.get(("Job", built.job["metadata"]["name"]))
     if jobs.stale(job, built.job):
         status.waiting_for(
             "SpecChanged", "the spec changed: the trainer Job is replaced and resumes from the latest checkpoint"
@@ -364,6 +413,22 @@ def reconcile(
     stall_due = status.stall(run.spec.alerts.stall_seconds, state == "Running")
     status.alerting()
     return Outcome(wanted, deletions, sooner(pending_due, stall_due))
+
+
+def _ready_sources(
+    run: TrainingRun, namespace: str, observed: Observed, status: Status
+) -> list[tuple[DataSource, str]] | None:
+    """Each DataSource of the run's data with its namespace once all are Ready; None while one is not
+    (the status and condition DataReady name the first)."""
+    sources = []
+    for name, _ in run.spec.mixture():
+        found = datasource.ready(observed, name, status, None)
+        if found is None:
+            status.condition("DataReady", False, "WaitingForDataSource", f"DataSource {name} is not ready")
+            return None
+        sources.append((parsed.model(DataSource, found), found["metadata"].get("namespace") or namespace))
+    status.condition("DataReady", True, "DataSourceReady")
+    return sources
 
 
 def _pending_timeout(

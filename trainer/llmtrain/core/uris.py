@@ -59,6 +59,12 @@ def explicit_checkpoint_uri(export: ModelExport, ctx: Context) -> str | None:
     return None if uri is None else _resolve(uri, uri, ctx, "spec.checkpointUri")
 
 
+def init_from_uri(run: TrainingRun, ctx: Context) -> str | None:
+    """The weights `spec.init.from` names (a Hugging Face directory or an llmtrain checkpoint), if set."""
+    uri = run.spec.init.from_uri if run.spec.init is not None else None
+    return None if uri is None else _resolve(uri, uri, ctx, "spec.init.from")
+
+
 def check_sources(source: DataSource, ctx: Context) -> None:
     """Local and on-disk Hugging Face paths only work on the runner's machine."""
     if ctx.local:

@@ -22,6 +22,8 @@ from ..api.trainingrun import ModelSpec
 from ..data import tokenizer as tokenizers
 from ..errors import BadInput
 from ..model.llama import LlamaConfig
+from ..model.shape import ShapeMismatch
+from ..model.shape import resolve as resolve_shape
 from ..train.loader import Dataset
 from .artifacts import Artifact
 from .checkpoint import ExportError, check_spec, load, resolve
@@ -88,6 +90,17 @@ def _export_format(name: str, inputs: ExportInputs, staging: Path, requested: st
     return made
 
 
+def _spec_shape(run_model: ModelSpec | None, stored: LlamaConfig, where: str) -> LlamaConfig | None:
+    """The shape the TrainingRun's spec.model describes: every field it gives (unset ones are the
+    checkpoint's, as a run started from existing weights leaves them)."""
+    if run_model is None:
+        return None
+    try:
+        return resolve_shape(run_model, stored.vocab_size, stored, where)
+    except ShapeMismatch as exc:
+        raise ExportError(f"the TrainingRun's spec does not describe the checkpoint: {exc}") from None
+
+
 def _name(artifact: Path, staging: Path) -> str:
     return artifact.relative_to(staging).as_posix()
 
@@ -109,7 +122,7 @@ def export(
             f"the checkpoint's vocabulary ({model.config.vocab_size}) is not the dataset's"
             f" ({dataset.vocab_size}): --data must be the DataSource the run trained on"
         )
-    check_spec(model, LlamaConfig.from_spec(run_model, dataset.vocab_size) if run_model else None)
+    check_spec(model, _spec_shape(run_model, model.config, found.uri))
     training_tokenizer = tokenizers.load(tokenizer_dir)
     check_tokenizer(training_tokenizer, model.config.vocab_size, str(tokenizer_dir))
     max_len = model.config.max_seq_len

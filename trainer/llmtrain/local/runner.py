@@ -57,7 +57,7 @@ def apply(
 
 
 def _check_immutable(current: dict[str, Any], new: dict[str, Any]) -> None:
-    for field in ("model", "dataSourceRef"):
+    for field in ("model", "dataSourceRef", "data"):
         if current["spec"].get(field) != new["spec"].get(field):
             raise SpecError(
                 [],

@@ -121,11 +121,21 @@ class Llama(nn.Module):
         self.config = config
         self.model = Decoder(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_embeddings()
         cos, sin = rotary_tables(config, config.max_seq_len)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+
+    def tie_embeddings(self) -> None:
+        """With tied embeddings the output projection is the input embedding (one parameter)."""
+        if self.config.tie_embeddings and self.lm_head.weight is not self.model.embed_tokens.weight:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def reset_rotary(self) -> None:
+        """Recompute the RoPE tables on the model's device (a model built on the meta device has none)."""
+        device = self.model.norm.weight.device
+        cos, sin = rotary_tables(self.config, self.config.max_seq_len, device)
+        self.rope_cos, self.rope_sin = cos, sin
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2 x layers); norms 1."""

@@ -6,8 +6,10 @@ grace period a save needs) all count from here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+
+from ..errors import BadInput
 
 if TYPE_CHECKING:
     from ..api.trainingrun import ModelSpec
@@ -36,8 +38,14 @@ class LlamaConfig:
         return self.kv_heads * self.head_dim
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, vocab_size: int) -> LlamaConfig:
-        """The shape a TrainingRun's `spec.model` asks for, its defaults resolved."""
+    def from_spec(cls, spec: ModelSpec | None, vocab_size: int) -> LlamaConfig:
+        """The shape a TrainingRun's `spec.model` asks for, its defaults resolved (layers, hiddenSize and
+        heads are required: without spec.init nothing else names them)."""
+        missing = [name for name in ("layers", "hidden_size", "heads") if getattr(spec, name, None) is None]
+        if spec is None or missing:
+            fields = ", ".join(_camel(name) for name in missing or ["layers", "hidden_size", "heads"])
+            raise ShapeMismatch(f"spec.model: {fields} must be set (or spec.init must name weights to start from)")
+        assert spec.layers and spec.hidden_size and spec.heads  # for the type checker: checked above
         return cls(
             vocab_size=vocab_size,
             layers=spec.layers,
@@ -45,11 +53,52 @@ class LlamaConfig:
             heads=spec.heads,
             kv_heads=spec.kv_heads or spec.heads,
             intermediate_size=spec.intermediate_size or default_intermediate_size(spec.hidden_size),
-            max_seq_len=spec.max_seq_len,
-            rope_theta=spec.rope_theta,
-            norm_eps=spec.norm_eps,
-            tie_embeddings=spec.tie_embeddings,
+            max_seq_len=spec.max_seq_len or DEFAULT_MAX_SEQ_LEN,
+            rope_theta=DEFAULT_ROPE_THETA if spec.rope_theta is None else spec.rope_theta,
+            norm_eps=DEFAULT_NORM_EPS if spec.norm_eps is None else spec.norm_eps,
+            tie_embeddings=bool(spec.tie_embeddings),
         )
+
+
+class ShapeMismatch(BadInput, ValueError):
+    """A spec.model that cannot be built, or that contradicts the weights it starts from (exit 2)."""
+
+
+DEFAULT_MAX_SEQ_LEN = 2048
+DEFAULT_ROPE_THETA = 10000.0
+DEFAULT_NORM_EPS = 1e-5
+#: spec.model's fields a starting point's config fixes (maxSeqLen, the training window, is free).
+WEIGHT_FIELDS = (
+    "layers",
+    "hidden_size",
+    "heads",
+    "kv_heads",
+    "intermediate_size",
+    "rope_theta",
+    "norm_eps",
+    "tie_embeddings",
+)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def resolve(spec: ModelSpec | None, vocab_size: int, base: LlamaConfig | None, origin: str = "") -> LlamaConfig:
+    """The shape a run trains: `spec.model` alone, or the starting weights' shape `base` (from `origin`)
+    with which every field the spec gives must agree; maxSeqLen may differ (it is no weight's shape)."""
+    if base is None:
+        return LlamaConfig.from_spec(spec, vocab_size)
+    for name in WEIGHT_FIELDS:
+        given = getattr(spec, name, None) if spec is not None else None
+        if given is not None and given != getattr(base, name):
+            raise ShapeMismatch(
+                f"spec.model.{_camel(name)} is {given}, but the weights in {origin} have {getattr(base, name)}:"
+                f" remove spec.model.{_camel(name)} (it is read from the weights) or start from other weights"
+            )
+    max_seq_len = (spec.max_seq_len if spec is not None else None) or base.max_seq_len
+    return replace(base, max_seq_len=max_seq_len)
 
 
 def default_intermediate_size(hidden_size: int, multiple_of: int = 256) -> int:
@@ -83,6 +132,6 @@ def parameter_count(config: LlamaConfig, exclude_embedding: bool = False) -> int
     return total - embedding_parameters(config) if exclude_embedding else total
 
 
-def spec_parameter_count(spec: ModelSpec, vocab_size: int) -> int:
+def spec_parameter_count(spec: ModelSpec | None, vocab_size: int) -> int:
     """Parameters of the Llama a TrainingRun's `spec.model` trains over a vocabulary of `vocab_size`."""
     return parameter_count(LlamaConfig.from_spec(spec, vocab_size))

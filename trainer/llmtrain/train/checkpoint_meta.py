@@ -7,7 +7,6 @@ valid shape that the tensors in `.metadata` have, and whose `files` record each 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import fields
@@ -15,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..json_object import parse_object
 from ..model.llama import Llama, LlamaConfig
 from .safe_load import CorruptCheckpoint
 
@@ -36,12 +36,7 @@ def pointer_target(text: str | None) -> str | None:
 
 def parse(raw: bytes | str, where: str, name: str | None = None) -> dict[str, Any]:
     """meta.json, checked; `name` (a step-NNNNNNNN directory) must agree with its step."""
-    try:
-        meta = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpoint(f"{where}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise CorruptCheckpoint(f"{where}: not a JSON object")
+    meta = parse_object(raw, where, CorruptCheckpoint)
     step = meta.get("step")
     if not _is_int(step) or not 0 <= step <= MAX_STEP:
         raise CorruptCheckpoint(f"{where}: step {step!r} is not a whole number from 0 to {MAX_STEP}")

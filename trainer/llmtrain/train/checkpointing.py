@@ -82,6 +82,7 @@ class CheckpointManager:
         if resumed.name:
             meta = resumed.meta
             self.state.step, self.state.tokens_seen = meta["step"], meta.get("tokensSeen", 0)
+            self.state.tokens_by_source = _counts(meta.get("tokensBySource"))
             self.checkpointed_step = self.state.step
             where = storage.join(self.uri, resumed.name)
             logs.audit(
@@ -104,7 +105,13 @@ class CheckpointManager:
 
     def _save(self, step: int, **extra: Any) -> None:
         state = self.state
-        meta = {"tokensSeen": state.tokens_seen, **self.record, "loss": state.loss, "valLoss": state.val_loss}
+        meta = {
+            "tokensSeen": state.tokens_seen,
+            "tokensBySource": state.tokens_by_source,
+            **self.record,
+            "loss": state.loss,
+            "valLoss": state.val_loss,
+        }
         saved = self.checkpointer.save(step, self.model, self.optimizer, {**meta, **extra})
         self.checkpointed_step = step
         if self.world.is_main:
@@ -127,3 +134,13 @@ def weights_finite(model: torch.nn.Module, world: World) -> bool:
     """Whether every weight, on every rank, is finite."""
     local = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()) for p in model.parameters())
     return not any_true(not local, world)
+
+
+def _counts(recorded: Any) -> dict[str, int]:
+    """meta.json's tokensBySource when it is {name: count}; else nothing (the loop counts again)."""
+    if not isinstance(recorded, dict):
+        return {}
+    ok = all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in recorded.items()
+    )
+    return dict(recorded) if ok else {}

@@ -22,6 +22,8 @@ import torch
 from ..data.shards import SHA256_HEX, SHARD_PATH
 from ..errors import BadInput
 
+TOKENIZER_DIR, TOKENIZER_FILE = "tokenizer", "tokenizer.json"
+
 
 class DataError(BadInput, ValueError):
     """The dataset is missing or does not fit the model (bad input, permanent)."""
@@ -64,6 +66,13 @@ class Dataset:
     def location(self) -> str:
         """Where the dataset is, as messages name it."""
         return str(self.root)
+
+    def tokenizer_json(self) -> bytes:
+        """The dataset's tokenizer.json (what its shards' ids mean)."""
+        path = self.root / TOKENIZER_DIR / TOKENIZER_FILE
+        if not path.is_file():
+            raise DataError(f"{path}: missing (the dataset's tokenizer); rerun the DataSource")
+        return path.read_bytes()
 
     def check_token_range(self) -> None:
         """Every sampled token id must be below the vocabulary size (shards and tokenizer belong together)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,15 +22,16 @@ from ..core.progress import Alert
 from ..errors import BadInput
 from ..model.flops import flops_per_token, peak_flops
 from ..model.shape import LlamaConfig, parameter_count
-from . import distributed, memory
+from . import distributed, initial, memory
 from .anomalies import AnomalyDetector
-from .build import build_model, make_batches, model_config, open_dataset
+from .build import build_model, make_batches, model_config, open_datasets
 from .checkpoint import Checkpointer
 from .checkpointing import CheckpointManager
 from .optim import build_optimizer
 from .precision import Precision
 from .progress import Metrics, Reporter, make_sink, prometheus_port
 from .reporting import StepReporter, Throughput
+from .sources import SourceTracker
 from .state import TrainState
 from .step import TrainStep
 from .stopping import PAUSED, StopRequest
@@ -38,12 +40,15 @@ from .validation import Validator
 
 @dataclass
 class Options:
-    data: str
+    data: list[str]  # one dataset per DataSource of spec.mixture(), in order
     checkpoints: str
     progress: str | None = None
     metrics_dir: Path | None = None
     stop_at_step: int | None = None  # checkpoint and exit after this step; the schedule still spans maxSteps
     cache: Path = Path(os.environ.get("LLMTRAIN_CACHE_DIR", "/tmp/llmtrain-cache"))
+    init: str | None = None  # starting weights (spec.init resolved by the operator): a model dir or checkpoint
+    init_select: str = "latest"  # a checkpoint root's latest, best or step
+    init_step: int | None = None
 
 
 class OutOfMemory(BadInput, ValueError):
@@ -76,21 +81,26 @@ class Trainer:
     def __init__(self, run: TrainingRun, options: Options, world: distributed.World) -> None:
         spec, training = run.spec, run.spec.training
         self.options, self.world, self.total_steps = options, world, training.max_steps
-        dataset = open_dataset(options.data, options.cache, world)
-        config = model_config(run, dataset)
+        datasets = open_datasets(options.data, [name for name, _ in spec.mixture()], options.cache, world)
+        self.origin = self._origin(options, world)
+        config = model_config(run, datasets[0], self.origin)
         memory.ensure_fits(config, run, world.device, world.size)  # refuse before allocating what cannot fit
         precision = Precision(training.precision, world.device.type, world.distributed)
-        self.model = build_model(config, run, world, precision)
+        self.model = build_model(config, run, world, precision, empty=self.origin is not None)
         fused = world.device.type == "cuda" or not world.distributed  # fused AdamW: GPUs, and unsharded CPU params
-        optimizer = build_optimizer(self.model, training.optimizer, fused=fused)
+        self.optimizer = build_optimizer(self.model, training.optimizer, fused=fused)
+        self.load_optimizer = bool(spec.init and spec.init.optimizer_state)
         self.state = TrainState()
-        self.batches = make_batches(dataset, config, training, world)
+        self.batches = make_batches(datasets, run, config, training, world)
         self.tokens_per_step = self.batches.global_sequences * config.max_seq_len
+        self.sources = SourceTracker(self.batches, config.max_seq_len)
         self.parameters = parameter_count(config)
         detector = AnomalyDetector(spec.alerts)
-        self.train_step = TrainStep(self.model, optimizer, training, precision, world, detector)
-        validation = self.batches.validation_batches(spec.validation.batches)
-        self.validator = Validator(self.model, validation, spec.validation.every_steps, world)
+        self.train_step = TrainStep(self.model, self.optimizer, training, precision, world, detector)
+        validation = self.batches.validation(spec.validation.batches)
+        self.validator = Validator(
+            self.model, validation, spec.validation.every_steps, world, shares=dict(spec.mixture())
+        )
         self.reporter = self._reporter(run, config, precision, detector)
         checkpointer = Checkpointer(
             options.checkpoints,
@@ -99,11 +109,23 @@ class Trainer:
             spec.checkpointing.keep_best,
             options.cache / "checkpoints" / run.name,
         )
-        record = {"seed": training.seed, "model": dict(vars(config))}
+        record = {
+            "seed": training.seed,
+            "model": dict(vars(config)),
+            "vocabularyHash": initial.vocabulary_hash(datasets[0].tokenizer_json(), datasets[0].location),
+        }
+        if self.origin is not None:
+            record["init"] = self.origin.description
         every = spec.checkpointing.every_steps
         self.checkpoints = CheckpointManager(
-            checkpointer, self.model, optimizer, self.state, every, record, self.reporter.progress, run.name
+            checkpointer, self.model, self.optimizer, self.state, every, record, self.reporter.progress, run.name
         )
+
+    @staticmethod
+    def _origin(options: Options, world: distributed.World) -> initial.Origin | None:
+        if options.init is None:
+            return None
+        return initial.locate(options.init, options.init_select, options.init_step, options.cache, world)
 
     def _reporter(
         self, run: TrainingRun, config: LlamaConfig, precision: Precision, detector: AnomalyDetector
@@ -123,6 +145,7 @@ class Trainer:
 
     def train(self) -> int:
         skipped = self.checkpoints.resume()
+        self._initialize()
         stop = StopRequest(self.world, self.options.stop_at_step)  # from here SIGTERM waits for a checkpoint
         self.reporter.started(self.state.step, self.parameters)
         for alert in skipped:
@@ -134,9 +157,12 @@ class Trainer:
                 self.reporter.alert(alert)
             if outcome.divergence:
                 return self._diverge(step, outcome.divergence)
-            self.state.advance(outcome.loss, self.tokens_per_step)
+            self.state.advance(outcome.loss, self.tokens_per_step, self.sources.drawn(step))
+            for alert in self.sources.repeated(self.state):
+                self.reporter.alert(alert)
             last_step = self.state.step == self.total_steps
-            self.reporter.trained(outcome, self.state, self._validate(last_step))
+            validation = self._validate(last_step)
+            self.reporter.trained(outcome, self.state, validation, self.sources.figures(self.state, validation))
             halt = stop.check(self.state.step)
             with self.reporter.paused():  # a checkpoint never reads as a throughput drop
                 self.checkpoints.save(self.state.step, last_step=last_step, stopping=halt is not None)
@@ -145,7 +171,19 @@ class Trainer:
         self.reporter.finished(self.state)
         return exitcodes.OK
 
-    def _validate(self, last_step: bool) -> dict[str, float] | None:
+    def _initialize(self) -> None:
+        """At step 0 (no checkpoint of its own resumed): load the starting weights, and say where they came from."""
+        resumed = self.checkpoints.checkpointed_step is not None
+        if self.origin is not None and not resumed:
+            optimizer = self.optimizer if self.load_optimizer else None
+            initial.load(self.origin, self.model, optimizer, self.world)
+        if resumed and not self.state.tokens_by_source:  # a checkpoint from before mixtures: count again
+            self.state.tokens_by_source = self.sources.drawn_until(self.state.step)
+        origin = self.checkpoints.record.get("init")
+        if origin:
+            self.reporter.progress.record(initialized_from=origin)
+
+    def _validate(self, last_step: bool) -> dict[str, Any] | None:
         """The validation figures after this step, or None when it is not the time."""
         if not self.validator.should_validate(self.state.step, last_step):
             return None

@@ -108,21 +108,35 @@ class Metrics:
             prometheus_client.start_http_server(prometheus_port)
             self._prometheus = prometheus_client
 
-    def log(self, step: int, values: dict[str, float | None]) -> None:
+    def log(self, step: int, values: dict[str, float | None], sources: list[dict[str, Any]] | None = None) -> None:
+        """One step's figures: a JSONL line (each DataSource's figures under `sources`, by name), TensorBoard
+        scalars (`source/<name>/<figure>`) and Prometheus gauges (`llmtrain_train_<figure>{run}`,
+        `llmtrain_train_source_<figure>{run, source}`: a DataSource's name is a label, never a metric name)."""
         values = {k: v for k, v in values.items() if v is not None}
+        by_source = {item["name"]: _source_figures(item) for item in sources or []}
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+            line = {"step": step, "time": time.time(), **values, **({"sources": by_source} if by_source else {})}
+            self._jsonl.write(json.dumps(line) + "\n")
             self._jsonl.flush()
         if self._tensorboard is not None:
             for key, value in values.items():
                 self._tensorboard.add_scalar(key, value, step)
+            for name, figures in by_source.items():
+                for key, value in figures.items():
+                    self._tensorboard.add_scalar(f"source/{name}/{key}", value, step)
             self._tensorboard.flush()
         if self._prometheus is not None:
             for key, value in {"step": step, **values}.items():
-                name = "llmtrain_train_" + key.replace("/", "_")
-                if name not in self._gauges:
-                    self._gauges[name] = self._prometheus.Gauge(name, f"llmtrain trainer {key}", ["run"])
-                self._gauges[name].labels(run=self.run).set(value)
+                self._gauge("llmtrain_train_" + key.replace("/", "_"), key, ["run"]).labels(run=self.run).set(value)
+            for name, figures in by_source.items():
+                for key, value in figures.items():
+                    gauge = self._gauge(f"llmtrain_train_source_{key}", f"{key} of one DataSource", ["run", "source"])
+                    gauge.labels(run=self.run, source=name).set(value)
+
+    def _gauge(self, name: str, what: str, labels: list[str]) -> Any:
+        if name not in self._gauges:
+            self._gauges[name] = self._prometheus.Gauge(name, f"llmtrain trainer {what}", labels)
+        return self._gauges[name]
 
     def close(self) -> None:
         if self._jsonl is not None:
@@ -134,3 +148,8 @@ class Metrics:
 def prometheus_port() -> int | None:
     port = os.environ.get("LLMTRAIN_METRICS_PORT")
     return int(port) if port else None
+
+
+def _source_figures(item: dict[str, Any]) -> dict[str, float]:
+    """A DataSource's figures as metrics: tokens drawn, epochs, validation loss (what is known)."""
+    return {k: v for k, v in item.items() if k in ("tokensSeen", "epochs", "valLoss") and v is not None}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import storage
-from .loader import DataError, Dataset, TokenStream
+from .loader import TOKENIZER_DIR, TOKENIZER_FILE, DataError, Dataset, TokenStream
 from .shard_cache import Block, BlockCache
 
 
@@ -76,6 +76,12 @@ class RemoteDataset(Dataset):
     @property
     def location(self) -> str:
         return self.uri
+
+    def tokenizer_json(self) -> bytes:
+        uri = storage.join(self.uri, TOKENIZER_DIR, TOKENIZER_FILE)
+        if not storage.exists(uri):
+            raise DataError(f"{uri}: missing (the dataset's tokenizer); rerun the DataSource")
+        return storage.read_bytes(uri)
 
     def verify_shards(self, part: int = 0, parts: int = 1) -> None:
         """Nothing to read up front: every block is checked against manifest.json as it is fetched."""

@@ -14,6 +14,7 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import torch
 
@@ -102,16 +103,26 @@ class StepReporter:
             logs.audit("Alert", run=self.run, **alert.to_json())
             self.progress.alert(alert)
 
-    def trained(self, outcome: StepOutcome, state: TrainState, validation: dict[str, float] | None) -> None:
-        """A step done (`state` already counts it); `validation`: the figures when it was measured after it."""
+    def trained(
+        self,
+        outcome: StepOutcome,
+        state: TrainState,
+        validation: dict[str, Any] | None,
+        sources: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """A step done (`state` already counts it); `validation`: the figures when it was measured after it;
+        `sources`: each DataSource's figures (the report's `sources`)."""
         step = state.step
         self._time(outcome.seconds)
         self.throughput.add(self.tokens_per_step)
-        values = self._measure(step, outcome) if self.should_log(step, step == self.total_steps) else {}
+        logged = self.should_log(step, step == self.total_steps)
+        values = self._measure(step, outcome) if logged else {}
         if validation is not None:
-            values.update({f"val/{key}": value for key, value in validation.items()})
+            values.update({f"val/{key}": value for key, value in validation.items() if key != "sources"})
         if self.world.is_main and values:
-            self.metrics.log(step, values)
+            self.metrics.log(step, values, sources)
+        if sources is not None:
+            self.progress.record(sources=sources)
         if validation is not None:
             self.progress.update(
                 force=True, val_loss=validation.get("valLoss"), perplexity=validation.get("perplexity")
