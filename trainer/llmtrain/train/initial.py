@@ -3,9 +3,10 @@ loaded into the (sharded) model once, at step 0. A run with checkpoints of its o
 
 `locate` reads only the description (config.json, or the checkpoint's meta.json) so the shape can be
 resolved and checked before anything is built; `check_tokenizer` refuses weights whose vocabulary is not
-the dataset's; `load` fills the model. Hugging Face weights are read from safetensors slices: each rank
-reads only the rows of its own shards (the full model is never materialized on a rank of a sharded
-run). An llmtrain checkpoint loads through DCP (any world size), with its AdamW moments when asked.
+the dataset's; `load` fills the model. Hugging Face weights are read from the safetensors files with
+positioned reads: each rank reads only the rows of its own shards, into them (the full model is never
+materialized on a rank of a sharded run). An llmtrain checkpoint loads through DCP (any world size),
+with its AdamW moments when asked.
 """
 
 from __future__ import annotations
