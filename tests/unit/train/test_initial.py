@@ -102,3 +102,10 @@ def test_an_unreadable_tokenizer_beside_the_weights_is_refused(tmp_path):
         initial.check_tokenizer(origin, 64, TOKENIZER, "data")
     with pytest.raises(initial.InitError, match=r"data: not a tokenizer\.json"):
         initial.vocabulary_hash(b"{not json", "data")
+
+
+def test_an_oversized_config_is_refused_before_it_is_read(tmp_path):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_bytes(b" " * ((1 << 20) + 1))
+    with pytest.raises(initial.InitError, match=r"config\.json: 1048577 bytes, more than the 1048576"):
+        initial.locate(str(tmp_path / "hf"), "latest", None, tmp_path / "cache", ONE)

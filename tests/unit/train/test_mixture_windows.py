@@ -73,8 +73,9 @@ def test_tokens_by_source_and_the_repeat_alert():
     tracker, state = SourceTracker(mix, 16), TrainState()
     alerts = []
     for step in range(8):
-        state.advance(1.0, mix.global_sequences * 16, tracker.drawn(step))
-        alerts += tracker.repeated(state)
+        drawn = tracker.drawn(step)
+        state.advance(1.0, mix.global_sequences * 16, drawn)
+        alerts += tracker.repeated(state, drawn)
     assert state.tokens_by_source == tracker.drawn_until(8)
     assert sum(state.tokens_by_source.values()) == state.tokens_seen
     repeated = [a for a in alerts if a.type == "DataRepeated"]

@@ -62,6 +62,8 @@ def file_names(directory: Path, where: str) -> list[str]:
     """The safetensors files the directory's weights are in (relative names), from its index or the single file."""
     index = directory / INDEX
     if index.is_file():
+        if index.stat().st_size > MAX_HEADER:
+            raise ShapeMismatch(f"{where}/{INDEX}: {index.stat().st_size} bytes, more than an index may have")
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from pydantic.alias_generators import to_camel
+
 from ..errors import BadInput
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ class LlamaConfig:
         heads are required: without spec.init nothing else names them)."""
         missing = [name for name in ("layers", "hidden_size", "heads") if getattr(spec, name, None) is None]
         if spec is None or missing:
-            fields = ", ".join(_camel(name) for name in missing or ["layers", "hidden_size", "heads"])
+            fields = ", ".join(to_camel(name) for name in missing or ["layers", "hidden_size", "heads"])
             raise ShapeMismatch(f"spec.model: {fields} must be set (or spec.init must name weights to start from)")
         assert spec.layers and spec.hidden_size and spec.heads  # for the type checker: checked above
         return cls(
@@ -80,11 +82,6 @@ WEIGHT_FIELDS = (
 )
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
 def resolve(spec: ModelSpec | None, vocab_size: int, base: LlamaConfig | None, origin: str = "") -> LlamaConfig:
     """The shape a run trains: `spec.model` alone, or the starting weights' shape `base` (from `origin`)
     with which every field the spec gives must agree; maxSeqLen may differ (it is no weight's shape)."""
@@ -94,8 +91,8 @@ def resolve(spec: ModelSpec | None, vocab_size: int, base: LlamaConfig | None, o
         given = getattr(spec, name, None) if spec is not None else None
         if given is not None and given != getattr(base, name):
             raise ShapeMismatch(
-                f"spec.model.{_camel(name)} is {given}, but the weights in {origin} have {getattr(base, name)}:"
-                f" remove spec.model.{_camel(name)} (it is read from the weights) or start from other weights"
+                f"spec.model.{to_camel(name)} is {given}, but the weights in {origin} have {getattr(base, name)}:"
+                f" remove spec.model.{to_camel(name)} (it is read from the weights) or start from other weights"
             )
     max_seq_len = (spec.max_seq_len if spec is not None else None) or base.max_seq_len
     return replace(base, max_seq_len=max_seq_len)

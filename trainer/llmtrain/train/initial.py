@@ -26,16 +26,20 @@ from ..model import hf_config, safetensors_files
 from ..model.shape import LlamaConfig
 from . import checkpoint_meta, safe_load
 from .distributed import World, barrier
+from .loader import TOKENIZER_FILE
 
 log = logging.getLogger("llmtrain.train")
 CONFIG = "config.json"
-TOKENIZER = "tokenizer.json"
 HUGGING_FACE, CHECKPOINT = "Hugging Face Llama", "llmtrain checkpoint"
 #: Text both tokenizers must turn into the same ids: letters, digits, code, accents, CJK, emoji, whitespace.
 PROBE = (
     "The quick brown fox jumps over the lazy dog. 0123456789 (a+b)*c != d; x = {'k': [1, 2]}\n"
     "\tnaïve café, Straße, Ünïcödé, 東京, 🙂 -- To be, or not to be: that is the question."
 )
+
+
+#: The largest tokenizer.json read beside the weights (Llama 3's is 9 MB).
+MAX_TOKENIZER_BYTES = 256 << 20
 
 
 class InitError(BadInput, ValueError):
@@ -64,8 +68,8 @@ def locate(uri: str, select: str, step: int | None, cache: Path, world: World) -
     """The starting weights at `uri`: a Hugging Face directory (config.json), a checkpoint directory
     (meta.json) or a checkpoint root (`select`: latest, best or step with `step`); nothing else."""
     if storage.exists(storage.join(uri, CONFIG)):
-        directory = _local_copy(uri, cache, world, [CONFIG, safetensors_files.INDEX, TOKENIZER])
-        config = hf_config.parse((directory / CONFIG).read_bytes(), storage.join(uri, CONFIG))
+        directory = _local_copy(uri, cache, world, [CONFIG, safetensors_files.INDEX, TOKENIZER_FILE])
+        config = hf_config.parse(read_small(directory / CONFIG, 1 << 20), storage.join(uri, CONFIG))
         return Origin(HUGGING_FACE, uri.rstrip("/"), config, directory)
     from ..export.checkpoint import ExportError, resolve
 
@@ -114,25 +118,32 @@ def check_tokenizer(origin: Origin, vocab_size: int, tokenizer_json: bytes, sour
             " (spec.tokenizer.from: the model's tokenizer.json)"
         )
     recorded = (origin.meta or {}).get("vocabularyHash")
-    ours = vocabulary_hash(tokenizer_json, f"{source}/tokenizer/{TOKENIZER}")
+    ours = vocabulary_hash(tokenizer_json, f"{source}/tokenizer/{TOKENIZER_FILE}")
     if recorded is not None and recorded != ours:
         raise InitError(
             f"spec.init: {origin.uri} was trained with another tokenizer (vocabulary hash {str(recorded)[:12]}) than"
             f" the dataset's ({source}, {ours[:12]}), though both have {vocab_size} ids"
         )
-    theirs = origin.directory / TOKENIZER
+    theirs = origin.directory / TOKENIZER_FILE
     if origin.meta is None and theirs.is_file():
-        ours_ids = probe_ids(tokenizer_json, f"{source}/tokenizer/{TOKENIZER}")
-        their_ids = probe_ids(theirs.read_bytes(), f"{origin.uri}/{TOKENIZER}")
+        ours_ids = probe_ids(tokenizer_json, f"{source}/tokenizer/{TOKENIZER_FILE}")
+        their_ids = probe_ids(read_small(theirs, MAX_TOKENIZER_BYTES), f"{origin.uri}/{TOKENIZER_FILE}")
         if ours_ids != their_ids:
             at = next((i for i, pair in enumerate(zip(ours_ids, their_ids, strict=False)) if pair[0] != pair[1]), 0)
             raise InitError(
-                f"spec.init: the dataset's tokenizer ({source}) and {origin.uri}/{TOKENIZER} both have {vocab_size}"
-                f" ids but encode the probe text differently (token {at}: {ours_ids[at : at + 4]} vs"
+                f"spec.init: the dataset's tokenizer ({source}) and {origin.uri}/{TOKENIZER_FILE} both have"
+                f" {vocab_size} ids but encode the probe text differently (token {at}: {ours_ids[at : at + 4]} vs"
                 f" {their_ids[at : at + 4]}): train on a DataSource whose tokenizer is the model's"
             )
     elif origin.meta is None:
-        logs.audit("InitTokenizerUnchecked", uri=origin.uri, reason=f"no {TOKENIZER}: only the vocabulary size")
+        logs.audit("InitTokenizerUnchecked", uri=origin.uri, reason=f"no {TOKENIZER_FILE}: only the vocabulary size")
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """A description file (config.json, tokenizer.json) read whole, refused above `limit` bytes."""
+    if path.stat().st_size > limit:
+        raise InitError(f"{path}: {path.stat().st_size} bytes, more than the {limit} such a file may have")
+    return path.read_bytes()
 
 
 def vocabulary_hash(tokenizer_json: bytes, where: str = "tokenizer.json") -> str:
@@ -174,7 +185,7 @@ def load_hugging_face(origin: Origin, model: torch.nn.Module, world: World) -> N
     """Each parameter (each rank: the rows of its shard) read from the safetensors files and cast to its dtype."""
     if storage.is_s3(origin.uri):  # the shards the index names, now that it is here
         names = safetensors_files.file_names(origin.directory, origin.uri)
-        _download(origin.uri, origin.directory, world, [CONFIG, safetensors_files.INDEX, TOKENIZER, *names])
+        _download(origin.uri, origin.directory, world, [CONFIG, safetensors_files.INDEX, TOKENIZER_FILE, *names])
     expected = {name: tuple(param.shape) for name, param in model.named_parameters()}
     found = safetensors_files.index_tensors(origin.directory, origin.uri)
     entries = safetensors_files.match(found, expected, origin.config.tie_embeddings, origin.uri)
@@ -183,8 +194,6 @@ def load_hugging_face(origin: Origin, model: torch.nn.Module, world: World) -> N
             local, first = _local_rows(param)
             if local.numel():
                 entries[name].read_rows_into(local, first)
-    if hasattr(model, "reset_rotary"):
-        model.reset_rotary()
 
 
 def _local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -157,8 +157,9 @@ class Trainer:
                 self.reporter.alert(alert)
             if outcome.divergence:
                 return self._diverge(step, outcome.divergence)
-            self.state.advance(outcome.loss, self.tokens_per_step, self.sources.drawn(step))
-            for alert in self.sources.repeated(self.state):
+            drawn = self.sources.drawn(step)
+            self.state.advance(outcome.loss, self.tokens_per_step, drawn)
+            for alert in self.sources.repeated(self.state, drawn):
                 self.reporter.alert(alert)
             last_step = self.state.step == self.total_steps
             validation = self._validate(last_step)

@@ -38,10 +38,10 @@ class SourceTracker:
             totals += np.bincount(self.mixture.assignment(first, min(1 << 22, count - first)), minlength=len(names))
         return {name: int(total) * self.seq_len for name, total in zip(names, totals, strict=True)}
 
-    def repeated(self, state: TrainState) -> list[Alert]:
-        """A warning for each source whose drawn tokens just passed a whole number of epochs."""
+    def repeated(self, state: TrainState, step_tokens: dict[str, int]) -> list[Alert]:
+        """A warning for each source whose drawn tokens (`step_tokens` of them in the step just counted) just
+        passed a whole number of epochs."""
         alerts = []
-        step_tokens = self.drawn(state.step - 1)
         for source in self.mixture.sources:
             now = state.tokens_by_source.get(source.name, 0)
             before, after = (now - step_tokens[source.name]) // source.train_tokens, now // source.train_tokens
