@@ -15,6 +15,10 @@ WHEELS ?= $(HOME)/.cache/llmtrain-wheels
 # datatrove, the near-dedup peer of bench/dedup_peers.py, in a venv of its own (its dependencies stay out of .venv)
 DATATROVE_VERSION := 0.10.1
 PEERS_VENV := bench/.venv-peers
+# MLflow's tracking server for the tracking tests (they start it on 127.0.0.1), in a venv of its own. 3.17.2:
+# mlflow 3.18.0 needs mlflow-skinny 3.18.0, which the package index does not have yet.
+MLFLOW_VERSION := 3.17.2
+MLFLOW_VENV := .venv-mlflow
 # The real control plane (tests/cluster/): empty = build.sh's default, ~/.cache/llmtrain-cluster/<k8s>-etcd-<etcd>/bin
 CLUSTER_BIN ?=
 TOOLS := .tools/bin
@@ -33,7 +37,7 @@ TRAINER_IMAGE ?= ghcr.io/llmtrain/trainer:$(VERSION)
 # kind has no GPUs: the trainer image is built on Ubuntu with torch's CPU wheels (empty both for CUDA)
 TRAINER_BUILD_ARGS ?= --build-arg CUDA_IMAGE=ubuntu:22.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
-.PHONY: help install tools test test-all test-slow test-cluster lint format crds lock demo bench bench-corpora bench-peers llama-cpp clean drills \
+.PHONY: help install tools test test-all test-slow test-cluster lint format crds lock demo bench bench-corpora bench-peers mlflow llama-cpp clean drills \
 	cluster-bins cluster-up cluster-down e2e kind-up images kind-load deploy _deploy e2e-kind kind-down
 
 help: ## list the targets
@@ -61,11 +65,19 @@ $(TOOLS_STAMP):
 test: install tools ## the default test run (no slow tier): the README's test command
 	$(BIN)/python -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
-test-all: install tools ## every tier, slow ones included
+test-all: install tools mlflow ## every tier, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-slow: install ## only the slow tier (the full example training run, a few minutes)
+test-slow: install mlflow ## only the slow tier (the full example run, multi-rank fp16/HSDP/background saves, drills, MLflow; ~11 min)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+mlflow: $(MLFLOW_VENV)/.installed ## an MLflow tracking server in .venv-mlflow, for the tracking tests (mlflow==$(MLFLOW_VERSION))
+
+$(MLFLOW_VENV)/.installed: $(VENV)/.installed
+	$(BIN)/python -m venv --clear $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet mlflow==$(MLFLOW_VERSION)
+	touch $@
 
 llama-cpp: install ## llama-cpp-python for the GGUF checks: from the wheel cache, else built from source (~4 min)
 	@ls $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || { mkdir -p $(LLAMA_CPP_WHEELS) && \
@@ -138,6 +150,8 @@ bench: install tools cluster-bins llama-cpp bench-corpora bench-peers ## run the
 	$(BIN)/python bench/ingest.py --large > bench/results/ingest.json
 	$(BIN)/python bench/ingest_bomb.py > bench/results/ingest_bomb.json
 	$(BIN)/python bench/train.py > bench/results/train.json
+	$(BIN)/python bench/train_scaling.py > bench/results/train_scaling.json
+	$(BIN)/python bench/checkpoint_stall.py > bench/results/checkpoint_stall.json
 	$(BIN)/python bench/init_load.py > bench/results/init_load.json
 	$(BIN)/python bench/tokenizer.py > bench/results/tokenizer.json
 	$(BIN)/python bench/operator.py --runs 1000 --api both > bench/results/operator.json
@@ -181,5 +195,5 @@ drills: install tools cluster-bins llama-cpp ## fault drills (~25 min; the opera
 	$(BIN)/python bench/operator_faults.py --trials 50 --api real --out bench/results/operator_faults_real.json
 
 clean: ## remove .venv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,10 +1,11 @@
 """Reliability drills: kill the workloads at random points, many times, and check what must hold.
 
     python bench/reliability.py trainer --trials 20 [--ranks 2]   SIGKILL of a random rank at a random step
+    python bench/reliability.py background --trials 5 [--ranks 2] SIGKILL of a random rank during a background save
     python bench/reliability.py sigterm --trials 5               SIGTERM at a random step
     python bench/reliability.py ingest --trials 20               SIGKILL at a random time
     python bench/reliability.py export --trials 10               SIGKILL at a random time
-    python bench/reliability.py all [--out FILE]                 all four, JSON to FILE too
+    python bench/reliability.py all [--out FILE]                 all five, JSON to FILE too
 
 Each drill prints one JSON object: what was injected, the trials, how many held each property, and the
 figures (lost steps, seconds). Seeded (`--seed`): a rerun injects at the same points. The real CLIs run in
@@ -33,6 +34,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from support.pause import pause_env  # noqa: E402
 from support.tiny_run import tiny_run  # noqa: E402
 
 CLI = [sys.executable, "-m", "llmtrain.cli"]
@@ -117,9 +119,13 @@ def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment())
 
 
-def start(command: list[str]) -> subprocess.Popen:
+def start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=environment()
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**environment(), **(env or {})},
     )
 
 
@@ -249,14 +255,19 @@ def ingest_clean(work: Path) -> tuple[Path, Path, float]:
     return spec, work / "clean-data", time.monotonic() - started
 
 
-def drill_trainer(work: Path, trials: int, ranks: int, rng: random.Random) -> dict[str, Any]:
+def uninterrupted(work: Path, steps: int, ranks: int) -> tuple[Path, Path, dict[str, torch.Tensor], dict[int, float]]:
+    """The clean dataset and an uninterrupted run of `steps` on it: (spec, data, final weights, losses)."""
     _, data, _ = ingest_clean(work)
-    steps = 64
     spec = run_spec(work, steps, ranks)
     clean = work / "clean"
     result = run(train_command(spec, data, clean, ranks))
     assert result.returncode == 0, result.stderr[-3000:]
-    reference, reference_losses = final_weights(clean), losses(work / "clean-metrics")
+    return spec, data, final_weights(clean), losses(work / "clean-metrics")
+
+
+def drill_trainer(work: Path, trials: int, ranks: int, rng: random.Random) -> dict[str, Any]:
+    steps = 64
+    spec, data, reference, reference_losses = uninterrupted(work, steps, ranks)
     outcomes = []
     for trial in range(trials):
         checkpoints = work / f"killed-{trial}"
@@ -298,6 +309,60 @@ def drill_trainer(work: Path, trials: int, ranks: int, rng: random.Random) -> di
         "lost_steps_mean": round(sum(o["lost_steps"] for o in outcomes) / trials, 2),
         "checkpoint_interval": CHECKPOINT_EVERY,
         "ranks_killed": sorted({o["rank_killed"] for o in outcomes}),
+        "outcomes": outcomes,
+    }
+
+
+def drill_background(work: Path, trials: int, ranks: int, rng: random.Random) -> dict[str, Any]:
+    """The write of a random checkpoint (step N) held in its background thread on every rank (state staged,
+    nothing written) while training goes on 1-7 steps past it; then SIGKILL of a random rank. The previous
+    checkpoint (N - 8) must be `latest`, intact, and the rerun from it bit for bit."""
+    steps = 64
+    spec, data, reference, reference_losses = uninterrupted(work, steps, ranks)
+    outcomes = []
+    for trial in range(trials):
+        checkpoints, marker = work / f"held-{trial}", work / f"paused-{trial}"
+        metrics = checkpoints.parent / f"{checkpoints.name}-metrics"
+        held = CHECKPOINT_EVERY * rng.randint(2, steps // CHECKPOINT_EVERY - 1)
+        target = held + rng.randint(1, CHECKPOINT_EVERY - 1)
+        process = start(train_command(spec, data, checkpoints, ranks), pause_env(f"checkpoint-write:{held}", marker))
+        wait_for(marker.exists)
+        wait_for(lambda: len(steps_logged(metrics)) >= target)  # noqa: B023 - waited for in this iteration
+        victims = {rank_of(pid): pid for pid in descendants(process.pid)} if ranks > 1 else {0: process.pid}
+        rank = rng.choice(sorted(r for r in victims if r is not None))
+        os.kill(victims[rank], signal.SIGKILL)
+        killed_at = max(steps_logged(metrics))
+        marker.unlink()  # the other ranks' held writes go on, meet the dead rank and fail
+        process.wait(timeout=120)
+        latest = checkpoints / "latest"
+        kept = latest.exists() and latest.read_text() == f"step-{held - CHECKPOINT_EVERY:08d}"
+        rerun = run(train_command(spec, data, checkpoints, ranks))
+        after = losses(metrics)
+        weights = final_weights(checkpoints)
+        outcomes.append(
+            {
+                "held_step": held,
+                "rank_killed": rank,
+                "killed_after_step": killed_at,
+                "previous_checkpoint_is_latest": kept,
+                "completed": rerun.returncode == 0 and max(after) == steps,
+                "losses_bit_exact": all(
+                    after[s] == reference_losses[s] for s in range(held - CHECKPOINT_EVERY + 1, 65)
+                ),
+                "weights_bit_exact": all(torch.equal(weights[k], reference[k]) for k in reference),
+            }
+        )
+        shutil.rmtree(checkpoints)
+        print(json.dumps(outcomes[-1]), file=sys.stderr, flush=True)
+    return {
+        "injected": f"SIGKILL of a random rank ({ranks} rank(s)) while a checkpoint's background write is held,"
+        " 1-7 steps after its save began",
+        "trials": trials,
+        "trained_on_during_the_write": sum(o["killed_after_step"] > o["held_step"] for o in outcomes),
+        "previous_checkpoint_is_latest": sum(o["previous_checkpoint_is_latest"] for o in outcomes),
+        "completed": sum(o["completed"] for o in outcomes),
+        "losses_bit_exact": sum(o["losses_bit_exact"] for o in outcomes),
+        "weights_bit_exact": sum(o["weights_bit_exact"] for o in outcomes),
         "outcomes": outcomes,
     }
 
@@ -435,13 +500,15 @@ def drill_export(work: Path, trials: int, rng: random.Random) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("drill", choices=["trainer", "sigterm", "ingest", "export", "all"])
-    parser.add_argument("--trials", type=int, help="default: 20 (trainer, ingest), 5 (sigterm), 10 (export)")
+    parser.add_argument("drill", choices=["trainer", "background", "sigterm", "ingest", "export", "all"])
+    parser.add_argument(
+        "--trials", type=int, help="default: 20 (trainer, ingest), 5 (background, sigterm), 10 (export)"
+    )
     parser.add_argument("--ranks", type=int, default=2, choices=[1, 2])
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
-    defaults = {"trainer": 20, "sigterm": 5, "ingest": 20, "export": 10}
+    defaults = {"trainer": 20, "background": 5, "sigterm": 5, "ingest": 20, "export": 10}
     drills = list(defaults) if args.drill == "all" else [args.drill]
     results = {}
     for name in drills:
@@ -449,8 +516,8 @@ def main() -> None:
         rng = random.Random(f"{args.seed}-{name}")
         with tempfile.TemporaryDirectory(prefix=f"drill-{name}-") as tmp:
             started = time.monotonic()
-            if name in ("trainer", "sigterm"):
-                runner = drill_trainer if name == "trainer" else drill_sigterm
+            if name in ("trainer", "background", "sigterm"):
+                runner = {"trainer": drill_trainer, "background": drill_background, "sigterm": drill_sigterm}[name]
                 results[name] = runner(Path(tmp), trials, args.ranks, rng)
             else:
                 results[name] = (drill_ingest if name == "ingest" else drill_export)(Path(tmp), trials, rng)

@@ -258,6 +258,9 @@ class WatchCache:
     def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.store.event(involved, type_, reason, message)
 
+    def warning_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        return self.store.warning_events(namespace, kind, name)  # Events are not cached: read only for a stuck Job
+
     def progress_sink(self, namespace: str, configmap: str) -> str | None:
         return self.store.progress_sink(namespace, configmap)
 

@@ -226,6 +226,11 @@ class KubeStore:
         }
         self._call("POST", self._path("Event", meta["namespace"]), event)
 
+    def warning_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        selector = f"involvedObject.kind={kind},involvedObject.name={name},type=Warning"
+        result = self._call("GET", self._path("Event", namespace), query={"fieldSelector": selector})
+        return result.get("items") or []
+
     def progress_sink(self, namespace: str, configmap: str) -> str | None:
         return None  # the trainer patches the ConfigMap itself
 

@@ -30,6 +30,8 @@ VALUE_SETS = {
         "--set",
         "metrics.serviceMonitor.enabled=true",
         "--set",
+        "metrics.podMonitor.enabled=true",
+        "--set",
         "metrics.port=9090",
         "--set",
         "metrics.prometheusRule.enabled=true",
@@ -86,7 +88,7 @@ def test_every_rendered_object_is_valid(name, version):
     if name == "namespaced-s3":
         assert kinds.count("Role") == 2 and "ClusterRole" not in kinds  # nothing cluster-wide
     if name == "monitoring":
-        assert {"ServiceMonitor", "PrometheusRule"} <= set(kinds) and kinds.count("ConfigMap") == 1  # dashboard
+        assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= set(kinds) and kinds.count("ConfigMap") == 1
 
 
 def test_values_schema_refuses_bad_values():
@@ -99,6 +101,7 @@ def test_values_schema_refuses_bad_values():
         ["--set-json", 'ingest.httpSources.allowedCIDRs=["10.0.0.1"]'],
         ["--set-json", 'ingest.httpSources.deniedCIDRs=["everything"]'],
         ["--set", "ingest.readDeadlineSeconds=0"],
+        ["--set", "metrics.podMonitor.interval=often"],
     ):
         result = subprocess.run(
             [str(HELM), "template", "x", str(CHART), *bad], capture_output=True, text=True, timeout=120
@@ -138,3 +141,24 @@ def test_ingest_limits_reach_the_operator_environment():
     default = next(o for o in render([]) if o["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["LLMTRAIN_HTTP_DENIED_CIDRS"] == ",".join(netpolicy.CLUSTER_DENIED)
+
+
+def test_pod_monitor_scrapes_rank_zero_trainer_pods_on_their_metrics_port():
+    """The PodMonitor selects what the operator puts on a trainer pod: its labels, the named port."""
+    from llmtrain.core import naming
+    from llmtrain.core.trainingrun import METRICS_PORT
+    from support.trainer_job import trainer_job
+
+    assert not [o for o in render([]) if o["kind"] == "PodMonitor"]  # off by default
+    monitor = next(o for o in render(VALUE_SETS["monitoring"]) if o["kind"] == "PodMonitor")
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"any": True} and spec["podMetricsEndpoints"][0]["port"] == "metrics"
+    selector = spec["selector"]["matchLabels"]
+    assert selector.pop("batch.kubernetes.io/job-completion-index") == "0"  # rank 0 serves the metrics
+    pod = trainer_job()["spec"]["template"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert ports["metrics"] == METRICS_PORT and selector["app.kubernetes.io/managed-by"] == naming.MANAGED_BY
+    scoped = render(["--set", "metrics.podMonitor.enabled=true", "--set", "watchNamespaces={team-a,team-b}"])
+    scoped_monitor = next(o for o in scoped if o["kind"] == "PodMonitor")
+    assert scoped_monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}

@@ -340,6 +340,207 @@ CASES: list[tuple[str, str, Mutation, str, str]] = [
         "metadata.name",
         "must be at most 48 characters of a-z, 0-9 and '-', starting with a letter",
     ),
+    # spec.pod: the pod controls every kind shares
+    (
+        "env-owned-by-the-workload-contract",
+        "TrainingRun",
+        set_path("spec.pod", {"env": [{"name": "LLMTRAIN_SPEC", "value": "x"}]}),
+        "spec.pod.env[0].name",
+        "is set by the operator (the workload contract: LLMTRAIN_*",
+    ),
+    (
+        "env-torchrun-variable",
+        "TrainingRun",
+        set_path("spec.pod", {"env": [{"name": "MASTER_ADDR", "value": "10.0.0.1"}]}),
+        "spec.pod.env[0].name",
+        "choose another name",
+    ),
+    (
+        "env-bad-name",
+        "DataSource",
+        set_path("spec.pod", {"env": [{"name": "NCCL DEBUG", "value": "INFO"}]}),
+        "spec.pod.env[0].name",
+        "must be an environment variable name",
+    ),
+    (
+        "env-repeated",
+        "ModelExport",
+        set_path("spec.pod", {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}),
+        "spec.pod.env",
+        "each variable may appear once",
+    ),
+    (
+        "env-value-and-secret",
+        "TrainingRun",
+        set_path(
+            "spec.pod",
+            {"env": [{"name": "HF_TOKEN", "value": "x", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "t"}}}]},
+        ),
+        "spec.pod.env[0]",
+        "set value or valueFrom, not both",
+    ),
+    (
+        "env-from-configmap",
+        "DataSource",
+        set_path("spec.pod", {"env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]}),
+        "spec.pod.env[0].valueFrom.configMapKeyRef",
+        "unknown field; allowed here: secretKeyRef",
+    ),
+    (
+        "label-owned-by-the-operator",
+        "TrainingRun",
+        set_path("spec.pod", {"labels": {"llmtrain.dev/trainingrun": "other"}}),
+        "spec.pod.labels",
+        "must not set labels the operator or the Job controller own",
+    ),
+    (
+        "label-job-name",
+        "DataSource",
+        set_path("spec.pod", {"labels": {"job-name": "x"}}),
+        "spec.pod.labels",
+        "job-name",
+    ),
+    (
+        "label-kueue-queue",
+        "ModelExport",
+        set_path("spec.pod", {"labels": {"kueue.x-k8s.io/queue-name": "team"}}),
+        "spec.pod.labels",
+        "set Kueue's labels with spec.queueName and spec.workloadPriorityClassName",
+    ),
+    (
+        "label-bad-key",
+        "TrainingRun",
+        set_path("spec.pod", {"labels": {"-bad key": "x"}}),
+        "spec.pod.labels",
+        "keys must be label keys",
+    ),
+    (
+        "label-bad-value",
+        "TrainingRun",
+        set_path("spec.pod", {"labels": {"team": "a b"}}),
+        "spec.pod.labels.team",
+        "must be a label value",
+    ),
+    (
+        "annotation-job-controller",
+        "DataSource",
+        set_path("spec.pod", {"annotations": {"batch.kubernetes.io/job-completion-index": "3"}}),
+        "spec.pod.annotations",
+        "must not set annotations the operator or the Job controller own",
+    ),
+    (
+        "extra-resource-not-extended",
+        "TrainingRun",
+        set_path("spec.pod", {"extraResources": {"memory": 1}}),
+        "spec.pod.extraResources",
+        "keys must be extended resource names",
+    ),
+    (
+        "extra-resource-fraction",
+        "ModelExport",
+        set_path("spec.pod", {"extraResources": {"rdma/ib": "500m"}}),
+        "spec.pod.extraResources.rdma/ib",
+        "must be an integer",
+    ),
+    (
+        "extra-resource-holds-the-gpus",
+        "TrainingRun",
+        set_path("spec.pod", {"extraResources": {"nvidia.com/gpu": 8}}),
+        "spec.pod.extraResources",
+        "set spec.resources.gpusPerNode",
+    ),
+    (
+        "shm-size-negative",
+        "TrainingRun",
+        set_path("spec.pod", {"shmSize": "-16Gi"}),
+        "spec.pod.shmSize",
+        "must be a Kubernetes quantity, not negative",
+    ),
+    (
+        "unknown-scheduler-field",
+        "DataSource",
+        set_path("spec.pod", {"scheduler": "volcano"}),
+        "spec.pod.scheduler",
+        "did you mean 'schedulerName'?",
+    ),
+    (
+        "bad-priority-class-name",
+        "ModelExport",
+        set_path("spec.pod", {"priorityClassName": "High_Priority"}),
+        "spec.pod.priorityClassName",
+        "must be a lowercase RFC 1123 subdomain",
+    ),
+    (
+        "node-affinity-in-without-values",
+        "TrainingRun",
+        set_path(
+            "spec.pod",
+            {
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "In"}]}]
+                        }
+                    }
+                }
+            },
+        ),
+        "spec.pod.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]"
+        ".matchExpressions[0].values",
+        "must not be empty with operator In or NotIn",
+    ),
+    (
+        "pod-anti-affinity-without-topology-key",
+        "TrainingRun",
+        set_path(
+            "spec.pod",
+            {
+                "affinity": {
+                    "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {}}]}
+                }
+            },
+        ),
+        "spec.pod.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey",
+        "required",
+    ),
+    (
+        "node-affinity-gt-not-a-number",
+        "DataSource",
+        set_path(
+            "spec.pod",
+            {
+                "affinity": {
+                    "nodeAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 10,
+                                "preference": {
+                                    "matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["h100"]}]
+                                },
+                            }
+                        ]
+                    }
+                }
+            },
+        ),
+        "spec.pod.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].preference"
+        ".matchExpressions[0].values",
+        "must be one integer with operator Gt or Lt",
+    ),
+    (
+        "workload-priority-without-queue",
+        "DataSource",
+        set_path("spec.workloadPriorityClassName", "high"),
+        "spec.workloadPriorityClassName",
+        "is only used with queueName",
+    ),
+    (
+        "placement-in-spec-pod",
+        "ModelExport",
+        set_path("spec.pod", {"nodeSelector": {"pool": "cpu"}}),
+        "spec.pod.nodeSelector",
+        "unknown field",
+    ),
 ]
 
 

@@ -98,7 +98,14 @@ def parquet_corpus(data: Path) -> dict:
     return {"sources": [{"local": {"path": "data/*.parquet"}}, {"local": {"path": "data/*.txt"}}]}
 
 
-@pytest.mark.parametrize("corpus", [jsonl_corpus, txt_line_corpus, parquet_corpus])
+@pytest.mark.parametrize(  # jsonl in the default tier; the other formats in the slow tier (~15 s each)
+    "corpus",
+    [
+        jsonl_corpus,
+        pytest.param(txt_line_corpus, marks=pytest.mark.slow),
+        pytest.param(parquet_corpus, marks=pytest.mark.slow),
+    ],
+)
 def test_any_worker_count_gives_the_same_kept_documents_and_bytes(tmp_path, corpus):
     data = tmp_path / "data"
     data.mkdir()
@@ -138,8 +145,13 @@ def test_more_pods_than_units_leaves_empty_parts_that_merge(tmp_path):
     assert token_streams(tmp_path / "pods") == token_streams(tmp_path / "whole")
 
 
-@pytest.mark.parametrize(
-    ("stage", "point"), [("scan", "ingest-part"), ("dedup", "ingest-dedup"), ("encode", "ingest-encode")]
+@pytest.mark.parametrize(  # the scan stage in the default tier; dedup and encode in the slow tier (~15 s each)
+    ("stage", "point"),
+    [
+        ("scan", "ingest-part"),
+        pytest.param("dedup", "ingest-dedup", marks=pytest.mark.slow),
+        pytest.param("encode", "ingest-encode", marks=pytest.mark.slow),
+    ],
 )
 def test_a_stage_task_killed_mid_write_reruns_to_the_same_bytes(tmp_path, stage, point):
     """SIGKILL one task of a stage while it writes (as a node failure would): the rerun of that task

@@ -110,6 +110,7 @@ def test_step_zero_loss_is_transformers_loss_on_the_same_batch(tmp_path, corpora
     assert meta["model"]["rope_theta"] == 50000.0 and meta["model"]["max_seq_len"] == 64
 
 
+@pytest.mark.slow  # two ranks reading their rows from S3: ~15 s
 def test_two_ranks_start_from_weights_on_s3(tmp_path, corpora, s3_server):
     """From s3://: each node downloads config, index, tokenizer and the listed shards once (never the pickled
     copy beside them); the run starts exactly where the same weights on a local path start it."""

@@ -31,6 +31,12 @@ def test_trainer_killed_rank_resumes_bit_for_bit():
     assert 0 <= figures["lost_steps_max"] < figures["checkpoint_interval"]
 
 
+def test_a_kill_during_a_background_save_keeps_the_previous_checkpoint_and_resumes_bit_for_bit():
+    figures = drill("background", "--seed", "3")
+    assert figures["trials"] == figures["trained_on_during_the_write"] == figures["previous_checkpoint_is_latest"] == 1
+    assert figures["completed"] == figures["losses_bit_exact"] == figures["weights_bit_exact"] == 1
+
+
 def test_sigterm_loses_no_step():
     figures = drill("sigterm", "--ranks", "1")
     assert figures["exited_75"] == figures["zero_lost_steps"] == 1

@@ -119,7 +119,10 @@ def test_fsdp_two_ranks_match_one_process_with_accumulation(tmp_path, dataset):
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path, dataset):
-    spec = run_spec(tmp_path, steps=64, training={"deterministic": True})  # CPUs are regardless; the flag runs
+    """Synchronous saves (asyncSave: false): the kill lands inside the save of step 16, before step 17 (the
+    background saves' kill: tests/workload/test_background_save_kills.py)."""
+    deterministic = {"deterministic": True}  # CPUs are regardless; the flag runs
+    spec = run_spec(tmp_path, steps=64, training=deterministic, checkpointing={"asyncSave": False})
     assert train(spec, dataset, tmp_path / "clean") == 0
     checkpoints, marker = tmp_path / "killed", tmp_path / "paused"
     process = subprocess.Popen(
@@ -143,6 +146,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, dataset):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # 2 ranks then 1 then 2: ~20 s (test_hsdp.py resumes across layouts too)
 def test_resume_on_a_different_world_size(tmp_path, dataset):
     """2 ranks to step 16, then 1 rank (same global batch) to 24: matches an uninterrupted 2-rank run."""
     two_rank_spec = run_spec(tmp_path, micro=4, accumulation=1)
@@ -176,7 +180,9 @@ def test_retention_progress_and_metrics(tmp_path, dataset):
     names = sorted(p.name for p in checkpoints.iterdir())
     best = (checkpoints / "best").read_text()
     kept = {"step-00000032", "step-00000040", best}
-    assert set(names) == {"best", "latest", *kept}
+    assert set(names) == {"best", "latest", "metrics", *kept}  # metrics/: the metrics copied beside the checkpoints
+    stored = checkpoints / "metrics" / "metrics.jsonl"
+    assert stored.read_text() == (tmp_path / "ret-metrics" / "metrics.jsonl").read_text()
     meta = json.loads((checkpoints / "step-00000040" / "meta.json").read_text())
     assert meta["step"] == 40 and meta["worldSize"] == 1 and meta["tokensSeen"] == 40 * 8 * 64
     assert meta["model"]["hidden_size"] == 64 and meta["valLoss"] > 0

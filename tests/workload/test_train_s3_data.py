@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from workload.test_train import dataset, losses, run_spec, train  # noqa: F401 - dataset is a fixture
 
@@ -28,6 +29,7 @@ def fetched(cache: Path) -> list[int]:
     return [json.loads((cache / "shards" / "stats" / f"rank-{r}.json").read_text())["bytes_fetched"] for r in (0, 1)]
 
 
+@pytest.mark.slow  # two ranks, S3, a resume: ~26 s
 def test_two_ranks_read_an_s3_dataset_in_place_and_resume_exactly(tmp_path, dataset, s3_server):  # noqa: F811
     size = upload(dataset, s3_server.client(), "datasets", "corpus")
     spec = run_spec(tmp_path, steps=16, micro=4, accumulation=1)

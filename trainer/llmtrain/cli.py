@@ -259,6 +259,32 @@ def _show(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def _report_page(args: argparse.Namespace) -> int:
+    try:
+        return _write_report(args)
+    except BaseException as exc:  # a missing run or file: one line and its exit code
+        return _fail_plainly(exc)
+
+
+def _write_report(args: argparse.Namespace) -> int:
+    from . import report
+    from .report import locate
+
+    if args.name is None and args.metrics is None:
+        print("error: name the TrainingRun (llmtrain report NAME), or give --metrics PATH|URI", file=sys.stderr)
+        return exitcodes.BAD_INPUT
+    if args.metrics:
+        source = args.metrics
+    elif args.workdir:
+        source = locate.from_workdir(Path(args.workdir), args.name)
+    else:
+        source = locate.from_cluster(args.name, args.namespace)
+    output = Path(args.output or f"{args.name or 'training'}-report.html")
+    metrics = report.write(args.name or source, source, output)
+    print(f"{output}: {len(metrics.rows)} logged steps from {source}")
+    return exitcodes.OK
+
+
 def _int_at_least(minimum: int, what: str):
     """An argparse type: an integer no smaller than `minimum` (what it counts names the fix)."""
 
@@ -339,7 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--checkpoints", required=True, help="checkpoint URI or directory")
     train.add_argument("--progress", help="where to write the progress report (JSON)")
-    train.add_argument("--metrics-dir", help="JSONL metrics and TensorBoard event files")
+    train.add_argument(
+        "--metrics-dir",
+        help="JSONL metrics and TensorBoard event files (copied to <checkpoints>/metrics/ at each checkpoint and at"
+        " the end)",
+    )
     train.add_argument("--max-steps", type=_steps, help="override spec.training.maxSteps (the schedule follows it)")
     train.add_argument(
         "--stop-at-step", type=_steps, help="checkpoint and exit 0 after this step; the schedule still spans maxSteps"
@@ -401,6 +431,21 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--workdir", default="work", help="the work directory of `llmtrain run` (default: ./work)")
     get.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
     get.set_defaults(handler=_get)
+
+    report = commands.add_parser(
+        "report",
+        help="a run's curves (loss, validation loss, learning rate, tokens/s, grad norm) as one HTML page",
+        description="Render the metrics a TrainingRun keeps beside its checkpoints (<checkpoint uri>/metrics/"
+        "metrics.jsonl) as one self-contained HTML page with inline SVG charts. The run is read from the cluster"
+        " kubectl points at, from a work directory (--workdir), or the file is given (--metrics).",
+    )
+    report.add_argument("name", nargs="?", help="the TrainingRun")
+    where = report.add_mutually_exclusive_group()
+    where.add_argument("--workdir", help="the work directory of `llmtrain run` holding the run")
+    where.add_argument("--metrics", help="a metrics.jsonl: a path, pvc:// (under $LLMTRAIN_PVC_ROOT) or s3:// URI")
+    report.add_argument("-n", "--namespace", help="the run's namespace (default: kubectl's current one)")
+    report.add_argument("-o", "--output", help="the page to write (default: NAME-report.html)")
+    report.set_defaults(handler=_report_page)
     return parser
 
 

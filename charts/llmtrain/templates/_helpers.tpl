@@ -41,7 +41,8 @@ app.kubernetes.io/component: operator
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "list", "watch", "create", "update"]
+{{- /* events: list: a Job short of pods reads its FailedCreate Events (why a pod was refused) */}}
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end -}}

@@ -63,6 +63,19 @@ def test_fp32_training_needs_16_bytes_a_parameter_before_activations(valid):
     assert needed.total == 16 * count + needed.activations
 
 
+def test_background_checkpoints_on_a_cpu_add_a_staging_copy_of_the_state(valid):
+    config = _config()
+    count = memory.parameter_count(config)
+    background = memory.estimate(config, _run(valid, precision="fp32"), "cpu", 2)
+    valid["TrainingRun"]["spec"]["checkpointing"] = {"asyncSave": False}
+    synchronous = memory.estimate(config, _run(valid, precision="fp32"), "cpu", 2)
+    assert background.checkpoint_staging == 12 * -(-count // 2)  # fp32 weights and two moments, one rank's shard
+    assert synchronous.checkpoint_staging == 0
+    assert background.total - synchronous.total == background.checkpoint_staging
+    valid["TrainingRun"]["spec"]["checkpointing"] = {}
+    assert memory.estimate(config, _run(valid, precision="fp32"), "cuda", 2).checkpoint_staging == 0  # host memory
+
+
 def test_bf16_on_one_gpu_adds_a_copy_and_halves_activations(valid):
     config = _config()
     fp32 = memory.estimate(config, _run(valid, precision="fp32"), "cuda", 1)

@@ -9,11 +9,17 @@ from pydantic import AfterValidator, Field
 
 from .base import ApiModel, CelRule, Matches, rule_error
 from .common import (
+    POD_CONTROLS,
+    QUEUE_NAME,
+    QUEUE_PRIORITY_RULE,
+    WORKLOAD_PRIORITY,
     Conditions,
     Failure,
     Image,
     LocalObjectReference,
     ObjectName,
+    PlacedPodResources,
+    PodControls,
     PodResources,
     SecretKeySelector,
     SecretReference,
@@ -325,6 +331,8 @@ class StageResources(ApiModel):
 class DataSourceSpec(ApiModel):
     """What to ingest and how to clean, dedupe, tokenize and shard it."""
 
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (QUEUE_PRIORITY_RULE,)
+
     sources: Annotated[list[Source], MinLen(1), MaxLen(64)] = Field(description="Inputs, read in order.")
     format: Literal["auto", "txt", "jsonl", "parquet"] = Field(
         default="auto",
@@ -344,7 +352,9 @@ class DataSourceSpec(ApiModel):
     split: SplitSpec = Field(default_factory=SplitSpec, description="Train/validation split.")
     output: DataOutputSpec = Field(default_factory=DataOutputSpec, description="Output location.")
     image: Image | None = Field(default=None, description="Workload image; the operator's default when unset.")
-    resources: PodResources = Field(default_factory=PodResources, description="CPU and memory per ingest pod.")
+    resources: PlacedPodResources = Field(
+        default_factory=PlacedPodResources, description="CPU, memory and placement of each ingest pod."
+    )
     stage_resources: StageResources = Field(
         default_factory=StageResources,
         description="Per stage, where it differs from resources (workers > 1: each stage is its own Job).",
@@ -354,6 +364,9 @@ class DataSourceSpec(ApiModel):
         description="Parts the input is divided into: with more than 1, each ingest stage is a Job and scan, dedup"
         " and encode run one pod per part.",
     )
+    pod: PodControls = Field(default_factory=PodControls, description=POD_CONTROLS)
+    queue_name: ObjectName | None = Field(default=None, description=QUEUE_NAME)
+    workload_priority_class_name: ObjectName | None = Field(default=None, description=WORKLOAD_PRIORITY)
 
 
 class DataStats(ApiModel):

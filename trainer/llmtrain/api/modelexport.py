@@ -8,7 +8,21 @@ from annotated_types import Ge, Gt, Le, MaxLen, MinLen
 from pydantic import Field
 
 from .base import ApiModel, CelRule, ListType
-from .common import Conditions, Failure, Image, LocalObjectReference, PodResources, StorageUri, Timestamp
+from .common import (
+    POD_CONTROLS,
+    QUEUE_NAME,
+    QUEUE_PRIORITY_RULE,
+    WORKLOAD_PRIORITY,
+    Conditions,
+    Failure,
+    Image,
+    LocalObjectReference,
+    ObjectName,
+    PlacedPodResources,
+    PodControls,
+    StorageUri,
+    Timestamp,
+)
 from .resource import AGE, PrinterColumn, Resource
 
 Format = Literal["safetensors", "onnx", "gguf", "torchscript"]
@@ -77,6 +91,7 @@ class ModelExportSpec(ApiModel):
         CelRule("self.checkpoint != 'step' || has(self.step)", "must be set when checkpoint is step", ".step"),
         CelRule("self.checkpoint == 'step' || !has(self.step)", "is only used when checkpoint is step", ".step"),
         *(_quantization_rule(q, f) for q, f in QUANTIZED_FORMATS.items() if f),
+        QUEUE_PRIORITY_RULE,
     )
 
     training_run_ref: LocalObjectReference | None = Field(
@@ -106,7 +121,12 @@ class ModelExportSpec(ApiModel):
         default_factory=ExportValidationSpec, alias="validate", description="Deployment checks."
     )
     image: Image | None = Field(default=None, description="Workload image; the operator's default when unset.")
-    resources: PodResources = Field(default_factory=PodResources, description="CPU and memory of the export pod.")
+    resources: PlacedPodResources = Field(
+        default_factory=PlacedPodResources, description="CPU, memory and placement of the export pod."
+    )
+    pod: PodControls = Field(default_factory=PodControls, description=POD_CONTROLS)
+    queue_name: ObjectName | None = Field(default=None, description=QUEUE_NAME)
+    workload_priority_class_name: ObjectName | None = Field(default=None, description=WORKLOAD_PRIORITY)
 
 
 class ArtifactValidation(ApiModel):

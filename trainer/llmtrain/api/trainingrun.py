@@ -9,11 +9,17 @@ from pydantic import Field
 
 from .base import ApiModel, CelRule, Matches
 from .common import (
+    POD_CONTROLS,
+    QUEUE_PRIORITY_RULE,
+    WORKLOAD_PRIORITY,
     Conditions,
     Failure,
     Image,
     LocalObjectReference,
+    ObjectName,
+    PodControls,
     Quantity,
+    SecretReference,
     StorageUri,
     Timestamp,
     Toleration,
@@ -130,7 +136,9 @@ class TrainingSpec(ApiModel):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="The learning-rate schedule.")
     max_grad_norm: Annotated[float, Ge(0.0)] = Field(default=1.0, description="Gradient clipping norm; 0 disables.")
     precision: Literal["bf16", "fp16", "fp32"] = Field(
-        default="bf16", description="Compute precision on GPUs (parameters and reductions stay fp32); CPUs use fp32."
+        default="bf16",
+        description="Compute precision (parameters and reductions stay fp32): bf16 on GPUs (CPUs compute it in"
+        " fp32); fp16 on GPUs and CPUs, with dynamic loss scaling (overflowing steps are skipped and counted).",
     )
     activation_checkpointing: bool = Field(default=False, description="Recompute block activations in backward.")
     compile: bool = Field(default=False, description="torch.compile each block.")
@@ -156,6 +164,11 @@ class CheckpointingSpec(ApiModel):
     every_steps: Annotated[int, Ge(1)] = Field(default=500, description="Steps between checkpoints (also on SIGTERM).")
     keep_last: Annotated[int, Ge(1), Le(1000)] = Field(default=3, description="Most recent checkpoints kept.")
     keep_best: Annotated[int, Ge(0), Le(1000)] = Field(default=1, description="Best checkpoints (by val loss) kept.")
+    async_save: bool = Field(
+        default=True,
+        description="Write checkpoints in the background: training stalls only while the state is copied"
+        " aside; `latest` moves once every rank's files are written. false: training waits for each write.",
+    )
     uri: StorageUri | None = Field(
         default=None,
         description="s3://, pvc:// or (local runner) a path; default: the operator's default storage"
@@ -166,9 +179,24 @@ class CheckpointingSpec(ApiModel):
 class ComputeSpec(ApiModel):
     """Nodes, accelerators and placement. Per node: one pod."""
 
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "self.sharding != 'hsdp' || self.nodes >= 2",
+            "hsdp replicates the model across nodes and needs nodes >= 2; on one node use sharding: fsdp",
+            ".sharding",
+        ),
+    )
+
     nodes: Annotated[int, Ge(1), Le(1024)] = Field(default=1, description="Pods (one per node), an Indexed Job.")
     gpus_per_node: Annotated[int, Ge(0), Le(64)] = Field(
         default=0, description="Accelerators per pod; one training process each. 0 trains on CPU."
+    )
+    sharding: Literal["fsdp", "hsdp"] = Field(
+        default="fsdp",
+        description="How the processes split the model. fsdp: parameters, gradients and AdamW states sharded"
+        " over every process (the least memory; every gather crosses nodes). hsdp: a replica per node, sharded"
+        " over that node's processes (gathers stay on the node's links, only a gradient all-reduce crosses"
+        " nodes; each process holds 1/gpusPerNode of the state). Needs nodes >= 2.",
     )
     gpu_resource_name: Annotated[
         str, Matches(r"^[a-z0-9.-]+/[a-z0-9.-]+$", "must be an extended resource name such as nvidia.com/gpu")
@@ -263,6 +291,42 @@ class DataMixtureEntry(ApiModel):
     )
 
 
+class MlflowTrackingSpec(ApiModel):
+    """An MLflow tracking server rank 0 logs to (its REST API): params, metrics at each log step, the run's
+    end. An unreachable server never fails or stalls training: metrics wait in a bounded queue, then are
+    dropped and counted. A resumed run continues the same MLflow run."""
+
+    secret_hints: ClassVar[dict[str, str]] = {
+        key: "put MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) in a Secret"
+        " and set credentialsSecretRef: {name: <secret>}"
+        for key in ("token", "password", "username", "credentials")
+    }
+
+    uri: Annotated[
+        str,
+        MaxLen(2048),
+        Matches(
+            r"^https?://[^\s/@]+(/\S*)?$",
+            "must be an http:// or https:// URL without credentials (put them in a Secret and set"
+            " credentialsSecretRef)",
+        ),
+    ] = Field(description="The tracking server, e.g. https://mlflow.example.com.")
+    experiment: Annotated[str, MinLen(1), MaxLen(500)] = Field(
+        default="llmtrain", description="Experiment name; created when missing."
+    )
+    credentials_secret_ref: SecretReference | None = Field(
+        default=None,
+        description="Secret (same namespace) with MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and"
+        " MLFLOW_TRACKING_PASSWORD; mounted into the trainer pods, never logged.",
+    )
+
+
+class TrackingSpec(ApiModel):
+    """Experiment tracking beyond the run's own metrics files."""
+
+    mlflow: MlflowTrackingSpec | None = Field(default=None, description="Log to an MLflow tracking server.")
+
+
 class TrainingRunSpec(ApiModel):
     """What to train, on which data, with which resources."""
 
@@ -280,6 +344,12 @@ class TrainingRunSpec(ApiModel):
             "spec.model needs layers, hiddenSize and heads unless spec.init names weights to start from",
             ".model",
         ),
+        CelRule(
+            "!(self.resources.gpuResourceName in self.pod.extraResources)",
+            "must not hold the accelerators: set spec.resources.gpusPerNode",
+            ".pod.extraResources",
+        ),
+        QUEUE_PRIORITY_RULE,
     )
 
     data_source_ref: (
@@ -311,9 +381,13 @@ class TrainingRunSpec(ApiModel):
     checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec, description="Checkpoints.")
     resources: ComputeSpec = Field(default_factory=ComputeSpec, description="Nodes, accelerators and placement.")
     alerts: AlertsSpec = Field(default_factory=AlertsSpec, description="Anomaly alerts.")
+    tracking: TrackingSpec | None = Field(
+        default=None, description="Experiment tracking: an MLflow server the trainer logs to."
+    )
     queue_name: Annotated[str, MaxLen(253)] | None = Field(
         default=None, description="Kueue LocalQueue; the Job is created suspended and admitted by Kueue."
     )
+    workload_priority_class_name: ObjectName | None = Field(default=None, description=WORKLOAD_PRIORITY)
     suspend: bool = Field(
         default=False, description="Suspend the run (its pods stop after a checkpoint); unset to resume."
     )
@@ -327,6 +401,7 @@ class TrainingRunSpec(ApiModel):
         default=3, description="Retryable failures (preemption, node loss, NCCL timeout) resumed from a checkpoint."
     )
     image: Image | None = Field(default=None, description="Workload image; the operator's default when unset.")
+    pod: PodControls = Field(default_factory=PodControls, description=POD_CONTROLS)
 
     def mixture(self) -> list[tuple[str, float]]:
         """(DataSource name, share of the windows) for each source, in order; shares sum to 1."""

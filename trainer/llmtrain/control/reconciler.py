@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..core import Context, Observed, Plan, naming, reconcile
+from ..core import Context, Observed, Plan, jobs, naming, reconcile
 from ..core.plan import sooner
 from ..core.reconcile import TERMINAL, child_keys, dependency_keys
 from ..core.status import progress_only
@@ -66,6 +66,9 @@ class Reconciler:
             elif found is not None and _left_behind(found, body):
                 observed.leftovers[(child_kind, child_name)] = found
         observed.pods = store.list("Pod", namespace, {naming.kind_label(kind): name})
+        for (child_kind, child_name), child in observed.children.items():  # rare: only Jobs short of pods
+            if child_kind == "Job" and jobs.missing_pods(child, observed.pods):
+                observed.events += store.warning_events(namespace, "Job", child_name)
         for _ in range(2):  # a second round for dependencies named by dependencies
             for dep_kind, dep_name in dependency_keys(body, observed.dependencies):
                 if (dep_kind, dep_name) in observed.dependencies or not dep_name:

@@ -38,6 +38,10 @@ class Store(Protocol):
 
     def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
 
+    def warning_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        """The Warning Events about one object (a Job's FailedCreate: why the API server refused a pod)."""
+        ...
+
     def progress_sink(self, namespace: str, configmap: str) -> str | None:
         """Where a trainer pod's progress sink should point (None: the ConfigMap itself)."""
         ...

@@ -39,7 +39,9 @@ def metadata(body: dict[str, Any], name: str, labels: dict[str, str], ctx: Conte
 
 
 #: Fields only the operator acts on: editing them never restarts a running workload.
-OPERATOR_ONLY = ("suspend", "queueName", "pendingTimeoutSeconds")
+OPERATOR_ONLY = ("suspend", "queueName", "workloadPriorityClassName", "pendingTimeoutSeconds")
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 
 
 def document(resource: DataSource | TrainingRun | ModelExport, namespace: str) -> dict[str, Any]:
@@ -99,7 +101,14 @@ def job(
     active_deadline: int | None = None,
     job_labels: dict[str, str] | None = None,
     inputs: Any = None,
+    pod_labels: dict[str, str] | None = None,
+    pod_annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """An Indexed Job of `completions` pods; `pod_labels` and `pod_annotations` (spec.pod's) go on the pod
+    template under the operator's own labels. The spec hash covers the template and `inputs`."""
+    template: dict[str, Any] = {"labels": {**(pod_labels or {}), **ctx.labels, **labels}}
+    if pod_annotations:
+        template["annotations"] = dict(pod_annotations)
     spec: dict[str, Any] = {
         "completions": completions,
         "parallelism": completions,
@@ -108,7 +117,7 @@ def job(
         "podFailurePolicy": failure_policy(container),
         "podReplacementPolicy": "Failed",
         "manualSelector": False,
-        "template": {"metadata": {"labels": {**ctx.labels, **labels}}, "spec": pod_spec},
+        "template": {"metadata": template, "spec": pod_spec},
     }
     if active_deadline:
         spec["activeDeadlineSeconds"] = active_deadline
@@ -116,6 +125,13 @@ def job(
     meta["labels"][naming.SPEC_HASH] = _digest(spec, inputs)
     spec["suspend"] = suspend
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
+
+
+def kueue_labels(queue_name: str | None, priority_class: str | None, ctx: Context) -> dict[str, str]:
+    """The Job labels that queue it in Kueue (and its WorkloadPriorityClass); none on one machine."""
+    if not queue_name or ctx.local:
+        return {}
+    return {QUEUE_LABEL: queue_name, **({PRIORITY_LABEL: priority_class} if priority_class else {})}
 
 
 # --- the named structure of a kind's children --------------------------------------------------------

@@ -152,7 +152,10 @@ def build(body: dict[str, Any], source: DataSource, ctx: Context) -> Children:
     labels = naming.labels(KIND, source.name, "ingest")
     configmap = children.spec_configmap(body, [children.document(source, namespace)], labels, ctx)
     claims = sorted(set(uris.source_claims(source)) | set(uris.claims([output])))
-    vols, mounts = pods.volumes(configmap["metadata"]["name"], claims, uris.secret_names(source))
+    controls = source.spec.pod
+    secrets = uris.secret_names(source)
+    vols, mounts = pods.volumes(configmap["metadata"]["name"], claims, secrets, shm_size=controls.shm_size)
+    queue = children.kueue_labels(source.spec.queue_name, source.spec.workload_priority_class_name, ctx)
     base = ["ingest", "-f", f"{pods.SPEC_DIR}/{naming.SPEC_KEY}", "--name", source.name, "--output", output]
     if ctx.local and ctx.base_dir:
         base += ["--base-dir", ctx.base_dir]
@@ -161,9 +164,10 @@ def build(body: dict[str, Any], source: DataSource, ctx: Context) -> Children:
         name: str, args: list[str], completions: int, env_extra: list[dict[str, Any]], stage: str | None = None
     ) -> dict:
         amounts = _resources(source, stage)
-        env = pods.env(ctx, pods.ingest_env(ctx)) + env_extra
+        env = pods.env(ctx, pods.ingest_env(ctx)) + env_extra + pods.user_env(controls)
         container = pods.container("ingest", ctx, source.spec.image, ["llmtrain"], args, env, mounts, amounts)
-        spec = pods.pod_spec([container], vols, grace_seconds=60)
+        placement = pods.scheduling(controls, source.spec.resources)
+        spec = pods.pod_spec([container], vols, grace_seconds=60, extra=placement)
         return children.job(
             body,
             name,
@@ -173,7 +177,11 @@ def build(body: dict[str, Any], source: DataSource, ctx: Context) -> Children:
             container="ingest",
             completions=completions,
             backoff_limit=3 * completions,
+            suspend=bool(queue),
+            job_labels=queue or None,
             inputs=configmap["data"],
+            pod_labels=controls.labels,
+            pod_annotations=controls.annotations,
         )
 
     workers = source.spec.workers
@@ -192,12 +200,13 @@ def build(body: dict[str, Any], source: DataSource, ctx: Context) -> Children:
 
 
 def _resources(source: DataSource, stage: str | None) -> dict[str, Any]:
-    """A stage's pods' CPU and memory: `stageResources.<stage>`, each unset field from `resources`."""
+    """A stage's pods' CPU and memory: `stageResources.<stage>`, each unset field from `resources`; the
+    extended resources of `spec.pod`."""
     default = source.spec.resources
     own = getattr(source.spec.stage_resources, stage) if stage else None
     cpu = own.cpu if own is not None and own.cpu is not None else default.cpu
     memory = own.memory if own is not None and own.memory is not None else default.memory
-    return pods.resources(cpu, memory)
+    return pods.resources(cpu, memory, pods.extended_resources(source.spec.pod))
 
 
 def reconcile(
@@ -213,6 +222,9 @@ def reconcile(
     desired, deletions, state = jobs.run_in_turn(
         status, [(job, pods, what) for job, pods, what, _ in sequence], observed
     )
+    if state == "Suspended":
+        jobs.queued(status, source.spec.queue_name)
+    latest = observed.children.get(("Job", desired[-1]["metadata"]["name"])) if desired else None
     if desired and state in ("Running", "Starting") and len(sequence) > 1:
         current, tasks, _, stage = sequence[len(desired) - 1]
         status.stage(stage, observed.children.get(("Job", current["metadata"]["name"])), observed.pods, tasks)
@@ -220,7 +232,7 @@ def reconcile(
         last = observed.children.get(("Job", sequence[-1][0]["metadata"]["name"]))
         report = jobs.final_report(last, observed.pods) or {}
         status.ingested(report, uris.dataset_uri(source, body["metadata"]["namespace"], ctx))
-    return Outcome([built.spec, *desired], deletions)
+    return Outcome([built.spec, *desired], deletions, jobs.recheck_missing_pods(latest, observed.pods, ctx))
 
 
 def ready(observed: Observed, name: str, status: StatusBuilder, condition: str | None) -> dict[str, Any] | None:

@@ -2,12 +2,14 @@
 
 Everything here reads what the kubelet and the Job controller write: container states (exit codes,
 OOMKilled, termination messages the workloads write as JSON), waiting reasons (ImagePullBackOff), the
-scheduler's PodScheduled condition, and the Job's own conditions.
+scheduler's PodScheduled condition, the Job's own conditions, and the Job controller's FailedCreate Events
+(a pod the API server refused to admit: a missing PriorityClass, an exceeded ResourceQuota).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,22 @@ STUCK_WAITING = {
     "CreateContainerError": "the container cannot be created",
     "CrashLoopBackOff": "the container keeps crashing",
 }
+#: What to change when the scheduler's message says why no node fits: (words in its message, the fix).
+SCHEDULING_HINTS = (
+    (
+        "didn't match Pod's node affinity/selector",
+        "no node has the labels spec.resources.nodeSelector and spec.pod.affinity.nodeAffinity require:"
+        " fix them, or label a node",
+    ),
+    ("didn't match pod affinity rules", "no node runs the pods spec.pod.affinity.podAffinity asks to be near"),
+    (
+        "didn't match pod anti-affinity rules",
+        "every node runs a pod spec.pod.affinity.podAntiAffinity keeps away from: relax it or add nodes",
+    ),
+    ("untolerated taint", "the nodes are tainted: add spec.resources.tolerations for their taints"),
+)
+#: The Priority admission plugin's refusal (plugin/pkg/admission/priority): the PriorityClass is missing.
+MISSING_PRIORITY_CLASS = re.compile(r"no PriorityClass with name (\S+) was found")
 
 
 @dataclass(frozen=True)
@@ -146,9 +164,11 @@ def waiting(pods: list[dict[str, Any]], gpu_resource: str | None = None) -> Find
         name = pod["metadata"]["name"]
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                message = f"pod {name} cannot be scheduled: {cond.get('message') or cond.get('reason')}"
-                if gpu_resource and gpu_resource in (cond.get("message") or ""):
+                said = cond.get("message") or ""
+                message = f"pod {name} cannot be scheduled: {said or cond.get('reason')}"
+                if gpu_resource and gpu_resource in said:
                     message += f" (no node has enough free {gpu_resource}; lower gpusPerNode or add nodes)"
+                message += "".join(f" ({fix})" for words, fix in SCHEDULING_HINTS if words in said)
                 return Finding("Unschedulable", message, name, rank(pod))
         for cs in status.get("containerStatuses") or []:
             wait = cs.get("state", {}).get("waiting") or {}
@@ -187,3 +207,52 @@ def job_failure(job: dict[str, Any], pods: list[dict[str, Any]], max_restarts: i
     if pod is not None:
         return pod
     return Finding(reason, cond.get("message") or "the Job failed")
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    return (
+        event.get("lastTimestamp")
+        or event.get("eventTime")
+        or (event.get("metadata") or {}).get("creationTimestamp")
+        or ""
+    )
+
+
+def _failed_creates(job: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The FailedCreate Events about this Job (not an earlier Job of the same name)."""
+    meta = job["metadata"]
+    return [
+        event
+        for event in events
+        if event.get("reason") == "FailedCreate"
+        and (event.get("involvedObject") or {}).get("kind") == "Job"
+        and event["involvedObject"].get("name") == meta["name"]
+        and event["involvedObject"].get("uid") in (None, meta.get("uid"))
+    ]
+
+
+def creation_failure(
+    job: dict[str, Any], events: list[dict[str, Any]], pods: list[dict[str, Any]] | None = None
+) -> Finding | None:
+    """Why the Job controller cannot create the Job's pods: the API server's refusal its newest FailedCreate
+    Event carries; none when one of `pods` (the Job's) was created after it (creating pods works again)."""
+    mine = _failed_creates(job, events)
+    newest = max(mine, key=_event_time) if mine else None
+    if newest is None or any(
+        (p.get("metadata") or {}).get("creationTimestamp", "") > _event_time(newest) for p in pods or []
+    ):
+        return None
+    said = (newest.get("message") or "").strip()
+    where = f"the Job controller cannot create the pods of Job {job['metadata']['name']}"
+    missing = MISSING_PRIORITY_CLASS.search(said)
+    if missing:
+        return Finding(
+            "PriorityClassNotFound",
+            f"{where}: PriorityClass {missing.group(1)} (spec.pod.priorityClassName) does not exist: create it"
+            " (kubectl get priorityclasses lists those that do) or fix spec.pod.priorityClassName",
+        )
+    if "exceeded quota" in said:
+        return Finding(
+            "QuotaExceeded", f"{where}: {said} (raise the namespace's ResourceQuota or ask for less per pod)"
+        )
+    return Finding("FailedCreate", f"{where}: {said}")

@@ -5,8 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from . import diagnosis, naming
+from .context import Context
 from .plan import Observed
 from .status import StatusBuilder
+
+#: Seconds until a Job whose pods are missing is looked at again: the Job controller's failed pod creations
+#: change no object the operator watches (they are Events), so no watch event would bring it back.
+MISSING_PODS_RECHECK_SECONDS = 10.0
 
 
 def job_phase(job: dict[str, Any] | None, pods: list[dict[str, Any]], expected_pods: int) -> str:
@@ -48,6 +53,37 @@ def job_pods(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> list[dic
     return sorted(mine, key=lambda p: p["metadata"].get("creationTimestamp") or "")
 
 
+def finished(job: dict[str, Any]) -> bool:
+    """Whether the Job controller has declared the Job done, either way."""
+    return any(
+        diagnosis.job_condition(job, type_) for type_ in ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget")
+    )
+
+
+def missing_pods(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> bool:
+    """Whether the Job controller has fewer pods than the Job runs at once (pending, running or done) while
+    the Job runs: it could not create them (its FailedCreate Events say why) or has not yet."""
+    if job is None or job.get("spec", {}).get("suspend") or finished(job):
+        return False
+    alive = [
+        p for p in job_pods(job, pods) if p.get("status", {}).get("phase") in (None, "Pending", "Running", "Succeeded")
+    ]
+    return len(alive) < int(job.get("spec", {}).get("parallelism") or 1)
+
+
+def recheck_missing_pods(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: Context) -> float | None:
+    """When to look at a Job again whose pods are missing in a cluster (locally every pod is made at once)."""
+    return MISSING_PODS_RECHECK_SECONDS if not ctx.local and missing_pods(job, pods) else None
+
+
+def queued(builder: StatusBuilder, queue_name: str | None) -> None:
+    """Pending while Kueue holds the Job suspended in its queue (or, without one, until it is unsuspended)."""
+    if queue_name:
+        builder.waiting_for("Queued", f"queued in Kueue LocalQueue {queue_name}: waiting for admission")
+    else:
+        builder.waiting_for("Suspended", "the Job is suspended: it resumes once unsuspended")
+
+
 def active_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [p for p in pods if p.get("status", {}).get("phase") in (None, "Pending", "Running")]
 
@@ -71,8 +107,10 @@ def job_status(
     expected_pods: int,
     what: str,
     gpu_resource: str | None = None,
+    events: list[dict[str, Any]] | None = None,
 ) -> str:
-    """Set phase from one Job (Pending/Running/Failed); returns the Job's phase for the caller."""
+    """Set phase from one Job (Pending/Running/Failed); returns the Job's phase for the caller. `events`:
+    Warning Events about the resource's Jobs (why the Job controller could not create a pod)."""
     mine = job_pods(job, pods)
     state = job_phase(job, mine, expected_pods)
     if state == "Missing":
@@ -82,7 +120,8 @@ def job_status(
     elif state == "Running":
         builder.phase("Running", "Running", f"{what}: {expected_pods} pod(s) running")
     elif state == "Starting":
-        stuck = diagnosis.waiting(active_pods(mine), gpu_resource)
+        refused = diagnosis.creation_failure(job, events or [], mine) if missing_pods(job, mine) else None
+        stuck = refused or diagnosis.waiting(active_pods(mine), gpu_resource)
         if stuck is not None:
             builder.waiting_for(stuck.reason, stuck.message)
         else:
@@ -111,7 +150,7 @@ def run_in_turn(
             builder.waiting_for("SpecChanged", f"the spec changed: replacing Job {want['metadata']['name']}")
             return desired, [job], "Replacing"
         desired.append(want)
-        state = job_status(builder, job, observed.pods, expected_pods, what)
+        state = job_status(builder, job, observed.pods, expected_pods, what, events=observed.events)
         if state != "Complete":
             return desired, [], state
     return desired, [], "Complete"

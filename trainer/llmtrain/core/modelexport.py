@@ -74,7 +74,9 @@ def build(
     configmap = children.spec_configmap(body, documents, labels, ctx)
     data = uris.dataset_uri(source, source_namespace, ctx)
     output = uris.export_uri(export, namespace, ctx)
-    vols, mounts = pods.volumes(configmap["metadata"]["name"], uris.claims([checkpoint, data, output]), [])
+    controls = export.spec.pod
+    claims = uris.claims([checkpoint, data, output])
+    vols, mounts = pods.volumes(configmap["metadata"]["name"], claims, [], shm_size=controls.shm_size)
     args = [
         "export",
         "-f",
@@ -90,11 +92,24 @@ def build(
         "--cache",
         f"{pods.SCRATCH}/llmtrain-cache",
     ]
-    amounts = pods.resources(export.spec.resources.cpu, export.spec.resources.memory)
-    container = pods.container("export", ctx, export.spec.image, ["llmtrain"], args, pods.env(ctx), mounts, amounts)
-    spec = pods.pod_spec([container], vols, grace_seconds=60)
+    compute = export.spec.resources
+    amounts = pods.resources(compute.cpu, compute.memory, pods.extended_resources(controls))
+    env = pods.env(ctx) + pods.user_env(controls)
+    container = pods.container("export", ctx, export.spec.image, ["llmtrain"], args, env, mounts, amounts)
+    spec = pods.pod_spec([container], vols, grace_seconds=60, extra=pods.scheduling(controls, compute))
+    queue = children.kueue_labels(export.spec.queue_name, export.spec.workload_priority_class_name, ctx)
     job = children.job(
-        body, naming.export_job(export.name), labels, spec, ctx, container="export", inputs=configmap["data"]
+        body,
+        naming.export_job(export.name),
+        labels,
+        spec,
+        ctx,
+        container="export",
+        suspend=bool(queue),
+        job_labels=queue or None,
+        inputs=configmap["data"],
+        pod_labels=controls.labels,
+        pod_annotations=controls.annotations,
     )
     return Children(configmap, job)
 
@@ -177,7 +192,10 @@ def reconcile(
     source = parsed.model(DataSource, found_source)
     built = build(body, export, checkpoint, source, namespace, run, ctx)
     desired, deletions, state = jobs.run_in_turn(status, [(built.job, 1, "export")], observed)
+    if state == "Suspended":
+        jobs.queued(status, export.spec.queue_name)
+    latest = observed.children.get(("Job", desired[-1]["metadata"]["name"])) if desired else None
     if state == "Complete":
         report = jobs.final_report(observed.children.get(("Job", built.job["metadata"]["name"])), observed.pods) or {}
         status.exported(report, checkpoint, f"{uris.export_uri(export, namespace, ctx)}/export-report.json")
-    return Outcome([built.spec, *desired], deletions)
+    return Outcome([built.spec, *desired], deletions, jobs.recheck_missing_pods(latest, observed.pods, ctx))

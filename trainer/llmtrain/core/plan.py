@@ -23,6 +23,9 @@ class Observed:
     dependencies: dict[ChildKey, dict[str, Any]] = field(default_factory=dict)
     #: the trainer's progress report as the pod wrote it (TrainingRun only); parsed by the core
     progress: dict[str, Any] | None = None
+    #: Warning Events about the resource's Jobs whose pods are missing (`jobs.missing_pods`): the Job
+    #: controller's FailedCreate says why the API server refused a pod
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

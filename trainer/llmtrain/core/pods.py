@@ -1,9 +1,12 @@
-"""The pod template pieces every workload shares: security, env contract, volumes, resources."""
+"""The pod template pieces every workload shares: security, env contract, volumes, resources, and the pod
+controls a cluster needs (`spec.pod`: env, scheduling, labels, annotations, extended resources, /dev/shm)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..api.common import PlacedPodResources, PodControls
+from ..api.trainingrun import ComputeSpec
 from .context import Context
 
 SPEC_DIR = "/etc/llmtrain"
@@ -65,7 +68,8 @@ def ingest_env(ctx: Context) -> dict[str, str]:
 
 
 def resources(cpu: str | None, memory: str | None, extended: dict[str, int] | None = None) -> dict[str, Any]:
-    """Requests equal to limits (Guaranteed QoS when both are set); accelerators as limits."""
+    """Requests equal to limits (Guaranteed QoS when both are set); accelerators and other extended resources
+    as limits (Kubernetes sets their requests equal: they cannot be overcommitted)."""
     amounts: dict[str, Any] = {}
     if cpu:
         amounts["cpu"] = str(cpu)
@@ -81,9 +85,10 @@ def resources(cpu: str | None, memory: str | None, extended: dict[str, int] | No
 
 
 def volumes(
-    spec_configmap: str, claims: list[str], secrets: list[str], shm: bool = False
+    spec_configmap: str, claims: list[str], secrets: list[str], shm: bool = False, shm_size: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(pod volumes, container mounts): the spec, scratch, PVCs, Secrets as files, /dev/shm."""
+    """(pod volumes, container mounts): the spec, scratch, PVCs, Secrets as files, /dev/shm (with `shm`, or
+    when `shm_size` limits it)."""
     vols: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {"name": spec_configmap}},
         {"name": "scratch", "emptyDir": {}},
@@ -92,8 +97,9 @@ def volumes(
         {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
         {"name": "scratch", "mountPath": SCRATCH},
     ]
-    if shm:
-        vols.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    if shm or shm_size:
+        memory = {"medium": "Memory", **({"sizeLimit": str(shm_size)} if shm_size else {})}
+        vols.append({"name": "dshm", "emptyDir": memory})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     for index, claim in enumerate(claims):
         vols.append({"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim}})
@@ -155,3 +161,35 @@ def pod_spec(
         spec["automountServiceAccountToken"] = False
     spec.update(extra or {})
     return spec
+
+
+# --- the pod controls of spec.pod ---------------------------------------------------------------------
+
+
+def user_env(controls: PodControls) -> list[dict[str, Any]]:
+    """`spec.pod.env`, after the workload contract's variables (whose names the API refuses here)."""
+    return [variable.to_wire() for variable in controls.env]
+
+
+def extended_resources(controls: PodControls, accelerators: dict[str, int] | None = None) -> dict[str, int]:
+    """The extended resources of each pod: the kind's accelerators and `spec.pod.extraResources`."""
+    return {**(accelerators or {}), **controls.extra_resources}
+
+
+def scheduling(controls: PodControls, placement: PlacedPodResources | ComputeSpec) -> dict[str, Any]:
+    """The pod spec's scheduling fields: nodeSelector and tolerations (`placement`: spec.resources), affinity,
+    priorityClassName, schedulerName and imagePullSecrets (`spec.pod`)."""
+    out: dict[str, Any] = {}
+    if placement.node_selector:
+        out["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        out["tolerations"] = [toleration.to_wire() for toleration in placement.tolerations]
+    if controls.affinity is not None:
+        out["affinity"] = controls.affinity.to_wire()
+    if controls.priority_class_name:
+        out["priorityClassName"] = controls.priority_class_name
+    if controls.scheduler_name:
+        out["schedulerName"] = controls.scheduler_name
+    if controls.image_pull_secrets:
+        out["imagePullSecrets"] = [secret.to_wire() for secret in controls.image_pull_secrets]
+    return out

@@ -78,13 +78,15 @@ def parameters(run: TrainingRun, vocab_size: int) -> int | None:
 
 def grace_seconds(run: TrainingRun, vocab_size: int) -> int:
     """Time for SIGTERM -> finish the step -> save a checkpoint: fp32 weights plus two Adam moments
-    (12 bytes per parameter) split across the nodes, at a pessimistic disk speed, plus two minutes;
+    (12 bytes per parameter) split across the nodes, at a pessimistic disk speed, plus two minutes; twice
+    the writing with background saves (SIGTERM first waits for the one in flight, then saves its step);
     `UNKNOWN_SHAPE_GRACE_SECONDS` (1800 s) when the shape comes from the starting weights."""
     count = parameters(run, vocab_size)
     if count is None:
         return UNKNOWN_SHAPE_GRACE_SECONDS
+    writes = 2 if run.spec.checkpointing.async_save else 1
     per_node = 12 * count / run.spec.resources.nodes
-    return int(min(3600, 120 + per_node / SAVE_BYTES_PER_SECOND))
+    return int(min(3600, 120 + writes * per_node / SAVE_BYTES_PER_SECOND))
 
 
 # --- children ---------------------------------------------------------------------------------------
@@ -167,10 +169,12 @@ def _trainer_job(
     ctx: Context,
 ) -> dict[str, Any]:
     """The Indexed Job of `nodes` pods running torchrun, Kueue's queue label when queued."""
-    namespace, name, compute = body["metadata"]["namespace"], run.name, run.spec.resources
+    namespace, name, compute, controls = body["metadata"]["namespace"], run.name, run.spec.resources, run.spec.pod
     checkpoints = uris.checkpoints_uri(run, namespace, ctx)
     claims = uris.claims([*data, checkpoints, start.uri if start else None])
-    vols, mounts = pods.volumes(configmap["metadata"]["name"], claims, [], shm=True)
+    mlflow = run.spec.tracking.mlflow if run.spec.tracking else None  # its credentials Secret, mounted as files
+    secrets = [mlflow.credentials_secret_ref.name] if mlflow and mlflow.credentials_secret_ref else []
+    vols, mounts = pods.volumes(configmap["metadata"]["name"], claims, secrets, shm=True, shm_size=controls.shm_size)
     env_extra = {
         "LLMTRAIN_MASTER_ADDR": naming.master_address(name),
         "LLMTRAIN_MASTER_PORT": str(naming.MASTER_PORT),
@@ -178,14 +182,14 @@ def _trainer_job(
         "LLMTRAIN_METRICS_PORT": str(METRICS_PORT),
     }
     gpus = compute.gpus_per_node
-    extended = {compute.gpu_resource_name: gpus} if gpus else None
+    extended = pods.extended_resources(controls, {compute.gpu_resource_name: gpus} if gpus else None)
     trainer = pods.container(
         "trainer",
         ctx,
         run.spec.image,
         ["llmtrain", "launch", "--"],
         _torchrun_args(run, data, start, checkpoints),
-        [children.INDEX_ENV, *pods.env(ctx, env_extra)],
+        [children.INDEX_ENV, *pods.env(ctx, env_extra), *pods.user_env(controls)],
         mounts,
         pods.resources(compute.cpu, compute.memory, extended),
     )
@@ -193,14 +197,10 @@ def _trainer_job(
         {"name": "rendezvous", "containerPort": naming.MASTER_PORT},
         {"name": "metrics", "containerPort": METRICS_PORT},
     ]
-    placement: dict[str, Any] = {"subdomain": naming.train_job(name)}
-    if compute.node_selector:
-        placement["nodeSelector"] = dict(compute.node_selector)
-    if compute.tolerations:
-        placement["tolerations"] = [t.to_wire() for t in compute.tolerations]
+    placement = {"subdomain": naming.train_job(name), **pods.scheduling(controls, compute)}
     account = naming.trainer_account(name)
     spec = pods.pod_spec([trainer], vols, grace_seconds(run, vocab_size), service_account=account, extra=placement)
-    kueue = bool(run.spec.queue_name) and not ctx.local  # no Kueue on one machine: run at once
+    kueue = children.kueue_labels(run.spec.queue_name, run.spec.workload_priority_class_name, ctx)
     job = children.job(
         body,
         naming.train_job(name),
@@ -211,10 +211,12 @@ def _trainer_job(
         completions=compute.nodes,
         # one retryable failure usually fails every node's pod (the others lose their peers)
         backoff_limit=run.spec.max_restarts * compute.nodes,
-        suspend=run.spec.suspend or kueue,
+        suspend=run.spec.suspend or bool(kueue),  # no Kueue on one machine: run at once
         active_deadline=run.spec.active_deadline_seconds,
-        job_labels={"kueue.x-k8s.io/queue-name": run.spec.queue_name} if kueue else None,
+        job_labels=kueue or None,
         inputs=configmap["data"],
+        pod_labels=controls.labels,
+        pod_annotations=controls.annotations,
     )
     job["metadata"]["annotations"] = {"llmtrain.dev/suspend": "true" if run.spec.suspend else "false"}
     return job
@@ -398,7 +400,8 @@ def reconcile(
         )
         return Outcome([obj for obj in wanted if obj is not built.job], [job])
     nodes = run.spec.resources.nodes
-    state = jobs.job_status(status, job, observed.pods, nodes, "training", run.spec.resources.gpu_resource_name)
+    gpu_resource = run.spec.resources.gpu_resource_name
+    state = jobs.job_status(status, job, observed.pods, nodes, "training", gpu_resource, observed.events)
     status.progress(ProgressReport.from_json(observed.progress), total)
     if state == "Complete":
         status.finished(total)
@@ -412,7 +415,8 @@ def reconcile(
     deletions, pending_due = _pending_timeout(run, job, state, status, now)
     stall_due = status.stall(run.spec.alerts.stall_seconds, state == "Running")
     status.alerting()
-    return Outcome(wanted, deletions, sooner(pending_due, stall_due))
+    recheck = jobs.recheck_missing_pods(job, observed.pods, ctx)
+    return Outcome(wanted, deletions, sooner(pending_due, stall_due, recheck))
 
 
 def _ready_sources(

@@ -192,6 +192,9 @@ class FileStore:
             with (self.root / "events.jsonl").open("a") as out:
                 out.write(json.dumps(record) + "\n")
 
+    def warning_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        return []  # the local Job controller makes every pod it should: nothing refuses one
+
     def progress_sink(self, namespace: str, configmap: str) -> str | None:
         return str(self.root / "progress" / namespace / f"{configmap}.json")
 

@@ -97,7 +97,7 @@ def build_model(
                 block.compile()
         else:  # one process: the whole forward and loss as one graph (fuses the output projection's loss)
             model.loss = torch.compile(model.loss)  # type: ignore[method-assign]
-    model = distributed.shard(model, world, precision)
+    model = distributed.shard(model, world, precision, run.spec.resources.sharding)
     if empty:
         model.to_empty(device=world.device)
         model.tie_embeddings()  # to_empty gives an unsharded module's tied weight two copies: one again

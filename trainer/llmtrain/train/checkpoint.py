@@ -11,7 +11,10 @@ Model and optimizer are saved sharded (each rank its shards) and load onto any w
 learning-rate schedule and the data position are functions of the step, stored in meta.json with the
 tokens seen, losses, spec hash, world size, time and each file's size and SHA-256 (`files`); RNG states
 are saved per rank. A directory without meta.json is an interrupted save: never loaded, removed by
-retention. A complete checkpoint is never overwritten. Resume takes the newest complete checkpoint that
+retention. A complete checkpoint is never overwritten. A save is two calls: `begin` (at the save step: the
+state staged and, in the background mode, written by a worker thread, `checkpoint_writer`) and `finish`
+(on the training thread, every rank together, once the files are written: the digests gathered, meta.json,
+the pointers, retention); `save` is both at once. Resume takes the newest complete checkpoint that
 verifies, whatever `latest` says, and reports what it skipped. For `s3://` the checkpoint is written to
 a local staging directory and each rank uploads its own files; rank 0 uploads the rest. A remote
 checkpoint is judged on what storage holds: one that fails verification on its local copy is downloaded
@@ -20,18 +23,19 @@ again before it is skipped, and quarantine copies it (checked) before deleting t
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -40,11 +44,13 @@ from ..errors import BadInput, exit_code_for
 from ..pausepoints import pause_point
 from . import checkpoint_meta, rng, safe_load
 from .checkpoint_meta import name_of as _name
+from .checkpoint_writer import Digests, Write, Writer
 from .distributed import World, all_true, barrier
 from .safe_load import CorruptCheckpoint
 
 log = logging.getLogger("llmtrain.train")
 META = "meta.json"
+REMOVING = ".removing-"  # a dropped checkpoint's directory while a thread deletes it (background mode)
 
 
 class CheckpointError(BadInput, ValueError):
@@ -60,6 +66,19 @@ class Saved:
     best: tuple[str, dict[str, Any]] | None = None  # (name, meta.json) with the lowest validation loss
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A save begun: its files being written (`write`), meta.json's content captured at its step."""
+
+    step: int
+    meta: dict[str, Any]
+    write: Write
+
+    def written(self) -> bool:
+        """Whether this rank's files are written (and uploaded): `finish` will not wait."""
+        return self.write.done()
+
+
 @dataclass
 class Resumed:
     """What resume found: the checkpoint it loaded (None: a fresh start) and what it skipped, and why."""
@@ -70,13 +89,32 @@ class Resumed:
 
 
 class Checkpointer:
-    def __init__(self, uri: str, world: World, keep_last: int, keep_best: int, staging: Path) -> None:
+    """`background`: `begin` returns once the state is staged, its files written by a worker thread."""
+
+    def __init__(
+        self, uri: str, world: World, keep_last: int, keep_best: int, staging: Path, background: bool = False
+    ) -> None:
         self.uri, self.world, self.keep_last, self.keep_best = uri.rstrip("/"), world, keep_last, keep_best
         self.remote = storage.is_s3(uri)
         self.local = staging if self.remote else storage.local_path(uri)
+        self.writer = Writer(world, background)
+        #: the writing thread's S3 client, made here (creating boto3 clients is not thread-safe; using one is)
+        self.upload_client = storage.s3_client() if self.remote and background else None
+        self.removers: list[threading.Thread] = []  # background mode: dropped local checkpoints being deleted
         if world.is_main:
             self.local.mkdir(parents=True, exist_ok=True)
         barrier(world)
+
+    @property
+    def background(self) -> bool:
+        return self.writer.background
+
+    def close(self) -> None:
+        """Free the staging buffers; let the removals of dropped checkpoints end."""
+        self.writer.close()
+        for remover in self.removers:
+            remover.join()
+        self.removers.clear()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -216,9 +254,23 @@ class Checkpointer:
         own = file.startswith((f"__{self.world.rank}_", f"rng-{self.world.rank}."))
         return own or (self.world.is_main and file == safe_load.DCP_METADATA)
 
-    def _digests(self, directory: Path) -> dict[str, dict[str, Any]]:
-        """Size and SHA-256 of every file of the checkpoint: each rank hashes its own, rank 0 gathers."""
-        mine = {p.name: safe_load.digest(p) for p in sorted(directory.iterdir()) if self._mine(p.name)}
+    def _digests(self, directory: Path) -> Digests:
+        """Size and SHA-256 of each file of the checkpoint that this rank wrote."""
+        return {p.name: safe_load.digest(p) for p in sorted(directory.iterdir()) if self._mine(p.name)}
+
+    def _written(self, directory: Path) -> Digests:
+        """After DCP's write, in the writing thread: this rank's files hashed and, for s3://, uploaded (no
+        collectives here: they would meet the training's)."""
+        files = self._digests(directory)
+        if self.remote:
+            for path in sorted(directory.iterdir()):
+                if self._mine(path.name):
+                    where = storage.join(self.uri, directory.name, path.name)
+                    storage.upload_file(path, where, client=self.upload_client)
+        return files
+
+    def _gathered(self, mine: Digests) -> Digests:
+        """Every rank's digests (each hashed its own files)."""
         if not self.world.distributed:
             return mine
         gathered: list[Any] = [None] * self.world.size
@@ -226,7 +278,12 @@ class Checkpointer:
         return {k: v for part in gathered for k, v in sorted(part.items())}
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> Saved:
-        """Save, then meta.json, then the `latest` (and `best`) pointers, then retention."""
+        """Save, then meta.json, then the `latest` (and `best`) pointers, then retention; returns when done."""
+        return self.finish(self.begin(step, model, optimizer, meta))
+
+    def begin(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> Pending:
+        """Start the save of the state after `step` steps (every rank): in the background mode this returns
+        once the state is staged, so training may go on and change it. `finish` completes it."""
         name = _name(step)
         directory = self.local / name
         pause_point(f"checkpoint-save:{step}")  # tests: before anything of this save is written or read
@@ -241,29 +298,19 @@ class Checkpointer:
                 storage.delete_tree(storage.join(self.uri, name))
         barrier(self.world)
         model_state, optim_state = get_state_dict(model, optimizer)
-        try:
-            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(directory))
-            rng.save(directory / rng.file_name(self.world.rank))
-        except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
-            if not (_disk_full(exc) or shutil.disk_usage(self.local).free < 1 << 20):  # torch.save hides ENOSPC
-                raise
-            shutil.rmtree(directory, ignore_errors=True)  # give the space back; it was never complete
-            raise storage.StorageError(
-                f"{storage.join(self.uri, name)}: no space left on device while saving step {step}; the last"
-                f" complete checkpoint ({self.latest() or 'none'}) is intact: free space on {self.local}, or"
-                " lower spec.checkpointing.keepLast"
-            ) from None
-        files = self._digests(directory)
-        if self.remote:
-            for path in sorted(directory.iterdir()):
-                if self._mine(path.name):
-                    storage.upload_file(path, storage.join(self.uri, name, path.name))
-        barrier(self.world)
+        write = self.writer.start(step, directory, {"model": model_state, "optim": optim_state}, self._written)
+        return Pending(step, copy.deepcopy(meta), write)  # as at this step: training goes on changing its parts
+
+    def finish(self, pending: Pending) -> Saved:
+        """Complete a save (every rank, on the training thread): wait for the files, gather their digests,
+        then meta.json, the `latest` (and `best`) pointers, retention."""
+        step, name = pending.step, _name(pending.step)
+        files = self._gathered(self._wait(pending))
         pause_point(f"checkpoint-meta:{step}")  # tests: the shards written, meta.json not yet
         saved_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         best = None
         if self.world.is_main:
-            record = {**meta, "step": step, "worldSize": self.world.size, "time": saved_at, "files": files}
+            record = {**pending.meta, "step": step, "worldSize": self.world.size, "time": saved_at, "files": files}
             storage.write_bytes(storage.join(self.uri, name, META), json.dumps(record, indent=2).encode())
             storage.write_bytes(storage.join(self.uri, "latest"), name.encode())
             present = self._present()  # one listing serves the best pointer and retention
@@ -273,7 +320,22 @@ class Checkpointer:
                 storage.write_bytes(storage.join(self.uri, "best"), best[0].encode())
             self._retain(present, complete)
         barrier(self.world)
-        return Saved(step, storage.join(self.uri, name), meta.get("valLoss"), saved_at, best)
+        return Saved(step, storage.join(self.uri, name), pending.meta.get("valLoss"), saved_at, best)
+
+    def _wait(self, pending: Pending) -> Digests:
+        """This rank's digests once its files are written; a full disk is a clear error (its space given back)."""
+        try:
+            return pending.write.result()
+        except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
+            if not (_disk_full(exc) or shutil.disk_usage(self.local).free < 1 << 20):  # torch.save hides ENOSPC
+                raise
+        name = _name(pending.step)
+        shutil.rmtree(self.local / name, ignore_errors=True)  # give the space back; it was never complete
+        raise storage.StorageError(
+            f"{storage.join(self.uri, name)}: no space left on device while saving step {pending.step}; the last"
+            f" complete checkpoint ({self.latest() or 'none'}) is intact: free space on {self.local}, or"
+            " lower spec.checkpointing.keepLast"
+        ) from None
 
     def _present(self) -> list[str]:
         """Names of the checkpoint directories there (step-NNNNNNNN), complete or not, oldest first."""
@@ -303,8 +365,28 @@ class Checkpointer:
         for name in present:
             if name in keep or (name not in valid and self._read_text(f"{name}/{META}") is not None):
                 continue
+            self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        """Delete a checkpoint directory. In the background mode a local one is renamed out of the root's
+        names at once (atomic) and deleted by a thread, so the training thread does not wait for the unlinks;
+        what a killed process left renamed is deleted at the next retention."""
+        if self.remote or not self.background:
             storage.delete_tree(storage.join(self.uri, name))
             shutil.rmtree(self.local / name, ignore_errors=True)
+            return
+        trash = self.local / f"{REMOVING}{name}-{os.getpid()}-{time.monotonic_ns()}"
+        os.rename(self.local / name, trash)
+        leftovers = [path for path in self.local.glob(f"{REMOVING}*") if path.is_dir()]
+        self.removers = [remover for remover in self.removers if remover.is_alive()]
+        remover = threading.Thread(target=_delete_all, args=(leftovers,), name=f"remove-{name}", daemon=True)
+        remover.start()
+        self.removers.append(remover)
+
+
+def _delete_all(directories: list[Path]) -> None:
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _load_failure(exc: BaseException, where: str) -> BaseException:

@@ -5,18 +5,28 @@ LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process. The Job runs, in
 `torchrun --nnodes=$NNODES --node-rank=$JOB_COMPLETION_INDEX --nproc-per-node=$NPROC_PER_NODE
 --master-addr=<name>-train-0.<name>-train --master-port=29500 -m llmtrain.cli train ...`.
 A single process without torchrun is a world of one: no process group, no sharding.
+
+Sharding (`spec.resources.sharding`) is FSDP2 over a device mesh: fsdp, one dimension of every process;
+hsdp, two, ("replicate", "shard") = (nodes, processes per node): each node holds a whole replica sharded
+over its processes, the parameter gathers stay within a node and only the gradients' all-reduce crosses
+nodes. torchrun numbers a node's processes consecutively, so the mesh's rows are the nodes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from ..errors import BadInput
 from ..model.llama import Llama
 from .precision import Precision
+
+log = logging.getLogger("llmtrain.train")
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class World:
     local_rank: int
     size: int
     device: torch.device
+    local_size: int | None = None  # LOCAL_WORLD_SIZE, the processes of this node; None: the whole world
 
     @property
     def is_main(self) -> bool:
@@ -33,6 +44,46 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.size > 1
+
+    def layout(self, sharding: str) -> Layout:
+        """How `spec.resources.sharding` spreads the model over this world."""
+        return layout(sharding, self.size, self.local_size or self.size)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """`replicas` copies of the model (hsdp: one per node), each sharded over `shards` processes."""
+
+    sharding: str  # as applied: "fsdp", or "hsdp" when there is more than one node
+    replicas: int
+    shards: int
+
+    @property
+    def mesh_shape(self) -> tuple[int, ...]:
+        return (self.replicas, self.shards) if self.sharding == "hsdp" else (self.shards,)
+
+    @property
+    def mesh_dims(self) -> tuple[str, ...]:
+        return ("replicate", "shard") if self.sharding == "hsdp" else ("shard",)
+
+    def to_json(self) -> dict[str, Any]:
+        """What meta.json and the log record: {"sharding": "hsdp", "mesh": [2, 4]}."""
+        return {"sharding": self.sharding, "mesh": list(self.mesh_shape)}
+
+
+def layout(sharding: str, size: int, local_size: int) -> Layout:
+    """fsdp: one shard per process. hsdp: one replica per node of `local_size` processes, sharded over
+    them; on a single node hsdp is fsdp."""
+    if sharding not in ("fsdp", "hsdp"):
+        raise BadInput(f"spec.resources.sharding: unknown sharding {sharding!r}; use fsdp or hsdp")
+    if sharding == "fsdp" or local_size >= size:
+        return Layout("fsdp", 1, size)
+    if size % local_size:
+        raise BadInput(
+            f"spec.resources.sharding: hsdp needs the same processes on every node, but {size} processes do not"
+            f" divide into nodes of {local_size} (LOCAL_WORLD_SIZE)"
+        )
+    return Layout("hsdp", size // local_size, local_size)
 
 
 def setup() -> World:
@@ -52,7 +103,7 @@ def setup() -> World:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_size)))
     if size > 1 and not dist.is_initialized():
         dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
-    return World(rank, local_rank, size, device)
+    return World(rank, local_rank, size, device, local_size)
 
 
 def make_deterministic() -> None:
@@ -68,17 +119,29 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def shard(model: Llama, world: World, precision: Precision) -> Llama:
-    """FSDP2: each block, then the root, under the precision's mixed-precision policy."""
+def shard(model: Llama, world: World, precision: Precision, sharding: str = "fsdp") -> Llama:
+    """FSDP2 over the layout's device mesh: each block, then the root, under the precision's
+    mixed-precision policy."""
     if not world.distributed:
         return model
     from torch.distributed.fsdp import fully_shard
 
+    plan = world.layout(sharding)
+    if world.is_main:
+        log.info("sharding", extra={**plan.to_json(), "worldSize": world.size})
+    mesh = device_mesh(plan, world)
     policy = precision.fsdp_policy()
     for block in model.model.layers:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def device_mesh(plan: Layout, world: World) -> Any:
+    """The layout's `DeviceMesh` over this world's processes (rows: nodes, under hsdp)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(world.device.type, plan.mesh_shape, mesh_dim_names=plan.mesh_dims)
 
 
 def mean_across(value: float, world: World) -> float:

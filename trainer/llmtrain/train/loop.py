@@ -29,12 +29,13 @@ from .checkpoint import Checkpointer
 from .checkpointing import CheckpointManager
 from .optim import build_optimizer
 from .precision import Precision
-from .progress import Metrics, Reporter, make_sink, prometheus_port
+from .progress import Reporter, make_sink, open_metrics
 from .reporting import StepReporter, Throughput
 from .sources import SourceTracker
 from .state import TrainState
 from .step import TrainStep
 from .stopping import PAUSED, StopRequest
+from .tracking import terminal_status
 from .validation import Validator
 
 
@@ -108,11 +109,13 @@ class Trainer:
             spec.checkpointing.keep_last,
             spec.checkpointing.keep_best,
             options.cache / "checkpoints" / run.name,
+            background=spec.checkpointing.async_save,
         )
         record = {
             "seed": training.seed,
             "model": dict(vars(config)),
             "vocabularyHash": initial.vocabulary_hash(datasets[0].tokenizer_json(), datasets[0].location),
+            **world.layout(spec.resources.sharding).to_json(),  # how the saving world was sharded
         }
         if self.origin is not None:
             record["init"] = self.origin.description
@@ -120,6 +123,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(
             checkpointer, self.model, self.optimizer, self.state, every, record, self.reporter.progress, run.name
         )
+        self.checkpoints.on_complete.append(lambda saved: self.reporter.metrics.sync())  # beside each checkpoint
 
     @staticmethod
     def _origin(options: Options, world: distributed.World) -> initial.Origin | None:
@@ -134,7 +138,7 @@ class Trainer:
         main = self.world.is_main
         sinks = [make_sink(self.options.progress)] if self.options.progress and main else []
         progress = Reporter(run.name, self.total_steps, sinks)
-        metrics = Metrics(self.options.metrics_dir if main else None, run.name, prometheus_port() if main else None)
+        metrics = open_metrics(run, self.options.metrics_dir, self.options.checkpoints, main)
         flops = flops_per_token(config, parameter_count(config, exclude_embedding=True))
         peak = peak_flops(self.world.device.type, precision.low_precision_peak)
         throughput = Throughput(flops, peak, self.world.size)
@@ -144,7 +148,20 @@ class Trainer:
         )
 
     def train(self) -> int:
+        ended: int | None = None  # the exit code; None: an exception ended training
+        try:
+            code = self._train()
+            self.checkpoints.wait()  # a normal exit leaves no save in flight (last step, stop, divergence wait)
+            ended = code
+            return code
+        finally:
+            self.checkpoints.close()  # the staging buffers; after an error a write in flight ends with the process
+            # the metrics copied beside the checkpoints, the MLflow run's final status
+            self.reporter.metrics.end(terminal_status(ended, self.state.step == self.total_steps))
+
+    def _train(self) -> int:
         skipped = self.checkpoints.resume()
+        self.train_step.load_loss_scale(self.state.loss_scale)  # fp16: the scale resumes where it was
         self._initialize()
         stop = StopRequest(self.world, self.options.stop_at_step)  # from here SIGTERM waits for a checkpoint
         self.reporter.started(self.state.step, self.parameters)
@@ -158,7 +175,9 @@ class Trainer:
             if outcome.divergence:
                 return self._diverge(step, outcome.divergence)
             drawn = self.sources.drawn(step)
-            self.state.advance(outcome.loss, self.tokens_per_step, drawn)
+            self.state.advance(
+                outcome.loss, self.tokens_per_step, drawn, skipped=outcome.skipped, loss_scale=outcome.loss_scale
+            )
             for alert in self.sources.repeated(self.state, drawn):
                 self.reporter.alert(alert)
             last_step = self.state.step == self.total_steps

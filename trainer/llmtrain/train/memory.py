@@ -1,11 +1,15 @@
 """The memory a training process needs, estimated before anything is allocated; refused when it cannot fit.
 
-Per process, in bytes (P parameters, S processes sharing them through FSDP, 1 without):
+Per process, in bytes (P parameters, S processes sharing them: every process under fsdp, the processes of
+one node under hsdp (`distributed.layout`), 1 without sharding):
 
 - parameters, gradients and AdamW's two moments: fp32, 4 + 4 + 8 bytes per parameter, divided by S;
 - low-precision copies: FSDP gathers one block at a time (the next one prefetched), and the root's
   embedding and output projection, in the compute dtype, with the gathered block's gradients; one GPU
   under bf16 autocast keeps a bf16 copy of every weight;
+- a CPU's background checkpoint saves (`checkpointing.asyncSave`): a staging copy of its share of the
+  parameters and AdamW moments, 12 bytes per parameter divided by S (on GPUs the copy is in host memory,
+  not the device's);
 - activations of one micro-batch (microBatchSize x maxSeqLen tokens), counted tensor by tensor from what
   autograd saves in `model/llama.py`: every block's, or with activation checkpointing each block's input
   plus one block recomputed and its gradients; and the logits with their fp32 loss (usually the largest single item).
@@ -29,6 +33,7 @@ import torch
 from ..api.trainingrun import TrainingRun
 from ..errors import BadInput
 from ..model.shape import LlamaConfig, block_parameters, parameter_count, root_parameters
+from .distributed import layout
 from .precision import Precision
 
 log = logging.getLogger("llmtrain.train")
@@ -53,10 +58,12 @@ class MemoryEstimate:
     precision_copies: int
     activations: int
     tokens_per_micro_batch: int
+    checkpoint_staging: int = 0
 
     @property
     def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.precision_copies + self.activations
+        held = self.parameters + self.gradients + self.optimizer + self.precision_copies
+        return held + self.activations + self.checkpoint_staging
 
     def describe(self) -> str:
         parts = {
@@ -65,6 +72,7 @@ class MemoryEstimate:
             "AdamW states": self.optimizer,
             "low-precision copies": self.precision_copies,
             f"activations of {self.tokens_per_micro_batch:,} tokens": self.activations,
+            "checkpoint staging": self.checkpoint_staging,
         }
         return ", ".join(f"{name} {gib(value)}" for name, value in parts.items() if value)
 
@@ -100,19 +108,23 @@ def compute_bytes(device_type: str, precision: str, sharded: bool) -> int:
     return dtype.itemsize if dtype is not None else _FP32
 
 
-def estimate(config: LlamaConfig, run: TrainingRun, device_type: str, world_size: int) -> MemoryEstimate:
-    """What one of `world_size` processes needs to train `config` as `run` says."""
+def estimate(
+    config: LlamaConfig, run: TrainingRun, device_type: str, world_size: int, local_size: int | None = None
+) -> MemoryEstimate:
+    """What one of `world_size` processes (`local_size` a node, all of them when None) needs to train
+    `config` as `run` says."""
     training = run.spec.training
     sharded = world_size > 1
     compute = compute_bytes(device_type, training.precision, sharded)
     count = parameter_count(config)
-    shard = -(-count // world_size)
+    shard = -(-count // sharing_processes(run, world_size, local_size))
     if sharded:  # gathered: two blocks (one prefetched) and the root, in the compute dtype; one block's gradients
         gathered = 2 * block_parameters(config) + root_parameters(config)
         copies = compute * gathered + _FP32 * block_parameters(config)
     else:  # bf16 autocast caches a copy of each weight it casts
         copies = 2 * count if compute == 2 else 0
     tokens = training.micro_batch_size * config.max_seq_len
+    staged = device_type == "cpu" and run.spec.checkpointing.async_save
     return MemoryEstimate(
         parameters=_FP32 * shard,
         gradients=_FP32 * shard,
@@ -120,7 +132,13 @@ def estimate(config: LlamaConfig, run: TrainingRun, device_type: str, world_size
         precision_copies=copies,
         activations=activation_bytes(config, tokens, compute, training.activation_checkpointing),
         tokens_per_micro_batch=tokens,
+        checkpoint_staging=3 * _FP32 * shard if staged else 0,
     )
+
+
+def sharing_processes(run: TrainingRun, world_size: int, local_size: int | None = None) -> int:
+    """The processes that share (shard) each parameter, its gradient and its AdamW states."""
+    return layout(run.spec.resources.sharding, world_size, local_size or world_size).shards
 
 
 def available_bytes(device: torch.device, local_processes: int = 1) -> int | None:
@@ -161,27 +179,41 @@ def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     return None
 
 
-def ensure_fits(config: LlamaConfig, run: TrainingRun, device: torch.device, world_size: int) -> MemoryEstimate:
-    """Refuse (`DoesNotFit`) a run whose estimate exceeds the available memory by more than SAFETY_FACTOR."""
-    needed = estimate(config, run, device.type, world_size)
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+def ensure_fits(
+    config: LlamaConfig, run: TrainingRun, device: torch.device, world_size: int, local_size: int | None = None
+) -> MemoryEstimate:
+    """Refuse (`DoesNotFit`) a run whose estimate exceeds the available memory by more than SAFETY_FACTOR.
+    `local_size`: the processes of this node (default: torchrun's LOCAL_WORLD_SIZE)."""
+    local_size = local_size or int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    needed = estimate(config, run, device.type, world_size, local_size)
+    local_processes = local_size if device.type == "cpu" else 1
     available = available_bytes(device, local_processes)
     log.info(
         "memory estimate",
         extra={"estimateBytes": needed.total, "availableBytes": available, "device": str(device)},
     )
     if available is not None and needed.total > SAFETY_FACTOR * available:
-        raise DoesNotFit(_refusal(needed, available, run, device, world_size))
+        raise DoesNotFit(_refusal(needed, available, run, device, world_size, local_size))
     return needed
 
 
-def _refusal(needed: MemoryEstimate, available: int, run: TrainingRun, device: torch.device, world_size: int) -> str:
+def _refusal(
+    needed: MemoryEstimate, available: int, run: TrainingRun, device: torch.device, world_size: int, local_size: int
+) -> str:
     training = run.spec.training
-    fixes = [
-        "a smaller model (spec.model: fewer layers, a smaller hiddenSize or intermediateSize)",
-        "more nodes or GPUs (spec.resources: FSDP shards parameters, gradients and AdamW states over"
-        f" {world_size} process(es) now)",
-    ]
+    sharing = sharing_processes(run, world_size, local_size)
+    fixes = ["a smaller model (spec.model: fewer layers, a smaller hiddenSize or intermediateSize)"]
+    if sharing < world_size:  # hsdp: a node's processes share the state
+        fixes.append(
+            f"spec.resources.sharding: fsdp (shards parameters, gradients and AdamW states over all {world_size}"
+            f" processes; hsdp shards them over the {sharing} of a node)"
+        )
+        fixes.append("more GPUs per node (spec.resources.gpusPerNode)")
+    else:
+        fixes.append(
+            "more nodes or GPUs (spec.resources: FSDP shards parameters, gradients and AdamW states over"
+            f" {world_size} process(es) now)"
+        )
     if not training.activation_checkpointing:
         fixes.append("spec.training.activationCheckpointing: true")
     if training.micro_batch_size > 1:

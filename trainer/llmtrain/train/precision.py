@@ -1,9 +1,12 @@
 """Precision: what `spec.training.precision` (fp32, bf16, fp16) means on this device and world, decided once.
 
-Parameters, gradients and optimizer states stay fp32 everywhere. On GPUs the matmuls run in 16 bits:
-under FSDP (more than one process) through its `MixedPrecisionPolicy` (bf16 or fp16 parameters for
-compute, fp32 gradient reduction); on one GPU through bf16 autocast, while fp16 on one GPU computes in
-fp32 (autocast in fp16 needs a loss scaler, which lives here when it comes). CPUs compute in fp32.
+Parameters, gradients and optimizer states stay fp32 everywhere; the matmuls run in the compute dtype:
+- bf16 on GPUs: under FSDP (more than one process) its `MixedPrecisionPolicy` (bf16 parameters for
+  compute, fp32 gradient reduction); on one GPU bf16 autocast. On CPUs a bf16 run computes in fp32.
+- fp16 on GPUs and CPUs alike: FSDP's policy with fp16 parameters and fp32 reduction, or fp16 autocast
+  on one process; always with a dynamic loss scale (`loss_scale.LossScaler`), which fp16's narrow range
+  needs and bf16's does not.
+- fp32: fp32 throughout.
 `distributed.shard`, the training step and the memory estimate all ask this module.
 """
 
@@ -32,15 +35,26 @@ class Precision:
         return self.autocast_dtype
 
     @property
+    def low_precision_dtype(self) -> torch.dtype | None:
+        """The 16-bit dtype this device computes the spec's precision in: fp16 anywhere, bf16 on GPUs."""
+        if self.name == "fp16" or (self.name == "bf16" and self.device_type == "cuda"):
+            return DTYPES[self.name]
+        return None
+
+    @property
     def fsdp_param_dtype(self) -> torch.dtype | None:
-        """FSDP's compute copy of the parameters: 16 bits on GPUs, else None (fp32)."""
-        return DTYPES.get(self.name) if self.sharded and self.device_type == "cuda" else None
+        """FSDP's compute copy of the parameters (more than one process), else None (fp32)."""
+        return self.low_precision_dtype if self.sharded else None
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """One GPU without FSDP: bf16 autocast stands in for FSDP's policy; None where autocast is off."""
-        unsharded_gpu = not self.sharded and self.device_type == "cuda"
-        return torch.bfloat16 if unsharded_gpu and self.name == "bf16" else None
+        """One process without FSDP: autocast stands in for FSDP's policy; None where autocast is off."""
+        return None if self.sharded else self.low_precision_dtype
+
+    @property
+    def loss_scaling(self) -> bool:
+        """Whether gradients need a dynamic loss scale: fp16 only (bf16 has fp32's range)."""
+        return self.name == "fp16"
 
     @property
     def low_precision_peak(self) -> bool:

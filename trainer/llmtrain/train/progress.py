@@ -4,7 +4,8 @@ The progress report is a small, versioned JSON document (`core.progress.Progress
 at most every `min_interval` seconds and at every lifecycle event. Sinks:
 - `FileSink`: atomic writes to a file (local runner; or a file the operator reads);
 - `ConfigMapSink` (`configmap://<namespace>/<name>`): a ConfigMap only the run's ServiceAccount may patch.
-Metrics go to a JSONL file, TensorBoard event files and a Prometheus endpoint (rank 0).
+Metrics go to a JSONL file and TensorBoard event files (copied beside the checkpoints by `MetricsSync`),
+a Prometheus endpoint and, with `spec.tracking.mlflow`, an MLflow run (rank 0).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import storage
 from ..core.progress import Alert, ProgressReport
+from .metrics_sync import MetricsSync, metrics_uri
+from .tracking import RUN_RECORD, MlflowTracker, open_tracker
+
+if TYPE_CHECKING:
+    from ..api.trainingrun import TrainingRun
 
 log = logging.getLogger("llmtrain.train")
 
@@ -84,17 +90,38 @@ class Reporter:
                 log.warning("progress report not written", extra={"error": str(exc)})
 
 
-class Metrics:
-    """JSONL, TensorBoard and Prometheus sinks for scalar metrics (rank 0 only)."""
+def open_metrics(run: TrainingRun, directory: Path | None, checkpoints: str, main: bool) -> Metrics:
+    """Rank 0's metrics: files in `directory` kept beside the checkpoints (`<checkpoints>/metrics/`), the
+    Prometheus endpoint, the MLflow run; the other ranks' log nothing."""
+    if not main:
+        return Metrics(None, run.name, None)
+    stored = metrics_uri(checkpoints)
+    sync = MetricsSync(directory, stored) if directory is not None else None
+    return Metrics(directory, run.name, prometheus_port(), sync, open_tracker(run, storage.join(stored, RUN_RECORD)))
 
-    def __init__(self, directory: Path | None, run: str, prometheus_port: int | None) -> None:
+
+class Metrics:
+    """JSONL, TensorBoard, Prometheus and MLflow sinks for scalar metrics (rank 0 only). `sync` copies the
+    files to storage (`sync()`: at each completed checkpoint; and at `close()`)."""
+
+    def __init__(
+        self,
+        directory: Path | None,
+        run: str,
+        prometheus_port: int | None,
+        sync: MetricsSync | None = None,
+        tracker: MlflowTracker | None = None,
+    ) -> None:
         self._jsonl = None
         self._tensorboard = None
         self._gauges: dict[str, Any] = {}
         self._prometheus: Any = None
+        self._sync, self._tracker = sync, tracker
         self.run = run
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
+            if sync is not None:
+                sync.restore()  # a resumed run's new pod continues the stored file
             self._jsonl = (directory / "metrics.jsonl").open("a")
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -110,7 +137,7 @@ class Metrics:
 
     def log(self, step: int, values: dict[str, float | None], sources: list[dict[str, Any]] | None = None) -> None:
         """One step's figures: a JSONL line (each DataSource's figures under `sources`, by name), TensorBoard
-        scalars (`source/<name>/<figure>`) and Prometheus gauges (`llmtrain_train_<figure>{run}`,
+        scalars and MLflow metrics (`source/<name>/<figure>`), and Prometheus gauges (`llmtrain_train_<figure>{run}`,
         `llmtrain_train_source_<figure>{run, source}`: a DataSource's name is a label, never a metric name)."""
         values = {k: v for k, v in values.items() if v is not None}
         by_source = {item["name"]: _source_figures(item) for item in sources or []}
@@ -132,17 +159,37 @@ class Metrics:
                 for key, value in figures.items():
                     gauge = self._gauge(f"llmtrain_train_source_{key}", f"{key} of one DataSource", ["run", "source"])
                     gauge.labels(run=self.run, source=name).set(value)
+        if self._tracker is not None:
+            per_source = {f"source/{n}/{k}": v for n, figures in by_source.items() for k, v in figures.items()}
+            self._tracker.log(step, {**values, **per_source})
 
     def _gauge(self, name: str, what: str, labels: list[str]) -> Any:
         if name not in self._gauges:
             self._gauges[name] = self._prometheus.Gauge(name, f"llmtrain trainer {what}", labels)
         return self._gauges[name]
 
+    def sync(self) -> None:
+        """Copy the files that changed to storage (at each completed checkpoint); a failure only warns."""
+        if self._sync is not None:
+            self._sync.sync()
+
     def close(self) -> None:
+        """Close the files and copy them to storage (again harmless: nothing changed, nothing copied)."""
         if self._jsonl is not None:
             self._jsonl.close()
+            self._jsonl = None
         if self._tensorboard is not None:
             self._tensorboard.close()
+            self._tensorboard = None
+        self.sync()
+
+    def end(self, status: str) -> None:
+        """Training over, however it ended: the files closed and copied, the MLflow run given its final
+        status (`tracking.terminal_status`), waiting a bounded time for an unreachable server."""
+        self.close()
+        if self._tracker is not None:
+            self._tracker.finish(status)
+            self._tracker = None
 
 
 def prometheus_port() -> int | None:

@@ -1,10 +1,11 @@
 """What the trainer says, and when.
 
 After every step the progress report (throttled by `progress.Reporter`); every `logEverySteps` and at
-the last step a log line and the metrics (loss, lr, grad norm, tokens/s, MFU, peak memory), with the
-validation figures when measured; at once, alerts and lifecycle events, to the audit stream and the
-report. Rank 0 speaks; the other ranks only keep count. Tokens/s and MFU count training time only:
-validation and checkpoint saves run `paused()`, or every checkpoint would read as a throughput drop.
+the last step a log line and the metrics (loss, lr, grad norm, tokens/s, MFU, peak memory; under fp16
+the loss scale and the skipped steps so far), with the validation figures when measured; at once, alerts
+and lifecycle events, to the audit stream and the report. Rank 0 speaks; the other ranks only keep count.
+Tokens/s and MFU count training time only: validation and checkpoint saves run `paused()`, or every
+checkpoint would read as a throughput drop.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class StepReporter:
         self._time(outcome.seconds)
         self.throughput.add(self.tokens_per_step)
         logged = self.should_log(step, step == self.total_steps)
-        values = self._measure(step, outcome) if logged else {}
+        values = self._measure(outcome, state) if logged else {}
         if validation is not None:
             values.update({f"val/{key}": value for key, value in validation.items() if key != "sources"})
         if self.world.is_main and values:
@@ -151,8 +152,9 @@ class StepReporter:
             self.progress.update(force=True, phase="Succeeded", step=self.total_steps, eta=None)
             logs.audit("TrainingFinished", run=self.run, step=self.total_steps, loss=state.loss, valLoss=state.val_loss)
 
-    def _measure(self, step: int, outcome: StepOutcome) -> dict[str, float | None]:
+    def _measure(self, outcome: StepOutcome, state: TrainState) -> dict[str, float | None]:
         """The figures of a logged step; the log line; a throughput drop alerted."""
+        step = state.step
         tokens_per_second, mfu = self.throughput.read()
         values = {
             "loss": outcome.loss,
@@ -161,12 +163,13 @@ class StepReporter:
             "tokensPerSecond": tokens_per_second,
             "mfu": mfu,
             "memoryMiB": memory_mib(self.world.device),
+            **_scaling(outcome, state),
         }
         self.alert(self.detector.check_throughput(step - 1, tokens_per_second))  # alerts name the 0-based step
         if self.world.is_main:
             line = (
                 f"step {step}/{self.total_steps} loss {outcome.loss:.4f} lr {outcome.lr:.2e}"
-                f" grad {outcome.grad_norm:.3f} {tokens_per_second:,.0f} tok/s mfu {f'{mfu:.1%}' if mfu else 'n/a'}"
+                f" grad {_grad_text(outcome)} {tokens_per_second:,.0f} tok/s mfu {f'{mfu:.1%}' if mfu else 'n/a'}"
                 f" eta {self._eta(step)}"
             )
             log.info(line, extra={"step": step, **{k: v for k, v in values.items() if v is not None}})
@@ -179,6 +182,21 @@ class StepReporter:
 
     def _eta(self, step: int) -> str | None:
         return format_eta(self.step_seconds * (self.total_steps - step)) if self.step_seconds is not None else None
+
+
+def _scaling(outcome: StepOutcome, state: TrainState) -> dict[str, float | None]:
+    """fp16's figures: the loss scale after the step (`lossScale`) and the steps skipped so far (`skippedSteps`)."""
+    if outcome.loss_scale is None:
+        return {}
+    return {"lossScale": outcome.loss_scale.scale, "skippedSteps": state.skipped_steps}
+
+
+def _grad_text(outcome: StepOutcome) -> str:
+    """The log line's gradient norm; a skipped fp16 step's, with the scale it left."""
+    scale = f" scale {outcome.loss_scale.scale:g}" if outcome.loss_scale is not None else ""
+    if outcome.skipped:
+        return f"skipped{scale}"
+    return f"{outcome.grad_norm:.3f}{scale}" if outcome.grad_norm is not None else f"n/a{scale}"
 
 
 def _speed(values: dict[str, float | None]) -> dict[str, float]:

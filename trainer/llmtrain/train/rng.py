@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from .safe_load import CorruptCheckpoint
 
@@ -24,6 +25,11 @@ def file_name(rank: int) -> str:
 
 
 def save(path: Path) -> None:
+    path.write_bytes(capture())
+
+
+def capture() -> bytes:
+    """This process's RNG states now, as the bytes of an RNG state file (to write later)."""
     _kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, python_state, gauss_next = random.getstate()
     tensors = {
@@ -37,7 +43,7 @@ def save(path: Path) -> None:
         "numpy": {"pos": int(pos), "hasGauss": int(has_gauss), "cachedGaussian": float(cached)},
         "python": {"version": int(version), "gaussNext": gauss_next},
     }
-    save_file(tensors, str(path), metadata={"scalars": json.dumps(scalars)})
+    return safetensors_bytes(tensors, metadata={"scalars": json.dumps(scalars)})
 
 
 def restore(path: Path) -> None:

@@ -13,7 +13,8 @@ PAUSED, INTERRUPTED = "Paused", "Interrupted"
 
 class StopRequest:
     """SIGTERM (torchrun forwards it when the pod is evicted or the Job suspended) asks to stop: Interrupted.
-    `--stop-at-step N` stops after step N: Paused. Either way the state is checkpointed first. The SIGTERM
+    `--stop-at-step N` stops after step N: Paused. Either way the state is checkpointed first (a save still
+    being written in the background completes before, `CheckpointManager.save(stopping=True)`). The SIGTERM
     handler is installed when this is made: before, SIGTERM ends the process as usual."""
 
     def __init__(self, world: World, stop_at_step: int | None) -> None:
