@@ -22,6 +22,8 @@ class FakeMlflow:
         self.failures: dict[str, list[int]] = {}  # endpoint -> statuses to answer first, in order
         self.delay = 0.0  # seconds every answer waits (a slow server)
         self.garbled: set[str] = set()  # endpoints answering 200 with a body that is not MLflow's
+        self.redirect_to: str | None = None  # every call answered 302 to this base URI
+        self.padding = 0  # bytes of whitespace before every answer's JSON (an oversized answer)
         self.lock = threading.Lock()
 
     def fail(self, endpoint: str, *statuses: int) -> None:
@@ -92,8 +94,14 @@ def serve(fake: FakeMlflow) -> Iterator[str]:
                 body = {k: v[0] for k, v in parse_qs(url.query).items()}
             else:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if fake.redirect_to is not None:
+                self.send_response(302)
+                self.send_header("Location", fake.redirect_to + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             status, answer = fake.handle(method, url.path.removeprefix(PREFIX), body, self.headers.get("Authorization"))
-            data = json.dumps(answer).encode()
+            data = b" " * fake.padding + json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

@@ -12,7 +12,7 @@ import pytest
 
 from llmtrain import exitcodes
 from llmtrain.api import TrainingRun, parse_resource
-from llmtrain.train import tracking
+from llmtrain.train import mlflow_rest, tracking
 from llmtrain.train.mlflow_rest import MlflowError, MlflowRest
 from llmtrain.train.tracking import MlflowTracker, open_tracker, terminal_status
 from support.fake_mlflow import FakeMlflow, serve
@@ -203,6 +203,27 @@ def test_rest_retries_what_may_pass_and_nothing_else(fake):
     with pytest.raises(MlflowError, match="unreachable") as unreachable:
         down.get("experiments/get-by-name", experiment_name="e")
     assert unreachable.value.retryable and slept == [0.5, 1.0, 0.5, 1.0]
+
+
+def test_a_redirect_is_refused_so_the_credentials_go_nowhere_else(fake):
+    elsewhere = FakeMlflow()
+    with serve(elsewhere) as other:
+        fake.redirect_to = other
+        rest = MlflowRest(fake.uri, auth="Bearer secret-token", delays=(0.5,), sleep=lambda _: None)
+        with pytest.raises(MlflowError, match="redirects") as refused:
+            rest.get("experiments/get-by-name", experiment_name="e")
+    assert not refused.value.retryable and elsewhere.calls == []
+
+
+def test_an_oversized_answer_is_refused_unread(fake, monkeypatch):
+    monkeypatch.setattr(mlflow_rest, "MAX_ANSWER_BYTES", 1000)
+    fake.padding = 5000
+    rest = MlflowRest(fake.uri, delays=(), sleep=lambda _: None)
+    with pytest.raises(MlflowError, match="larger than") as refused:
+        rest.post("experiments/create", {"name": "e"})
+    assert not refused.value.retryable
+    fake.padding = 0
+    assert rest.get("experiments/get-by-name", experiment_name="e")["experiment"]["name"] == "e"
 
 
 def test_an_answer_that_is_not_mlflows_is_a_failure_not_a_dead_tracker(fake):

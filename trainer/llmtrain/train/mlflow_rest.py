@@ -22,6 +22,20 @@ from ..errors import MaybeRetryable
 API = "/api/2.0/mlflow/"
 #: waits between the attempts of one call (6 attempts in about 15 s)
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: the largest answer read: MLflow's are a few KiB; a server sending more is not believed
+MAX_ANSWER_BYTES = 4 << 20
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following one would send the credentials to wherever it points."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise MlflowError(
+            f"HTTP {code}: the server redirects to {newurl[:200]}; give spec.tracking.mlflow.uri the final address"
+        )
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
 class MlflowError(MaybeRetryable):
@@ -86,13 +100,17 @@ class MlflowRest:
         if self._auth:
             request.add_header("Authorization", self._auth)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                text = response.read()
+            with _OPENER.open(request, timeout=self.timeout) as response:
+                text = response.read(MAX_ANSWER_BYTES + 1)
         except urllib.error.HTTPError as exc:
             raise _http_error(exc) from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise MlflowError(f"unreachable ({type(reason).__name__}: {reason})", retryable=True) from None
+        if len(text) > MAX_ANSWER_BYTES:
+            raise MlflowError(
+                f"the answer is larger than {MAX_ANSWER_BYTES:,} bytes: is the URI an MLflow tracking server?"
+            )
         try:
             answer = json.loads(text) if text.strip() else {}
         except ValueError:
@@ -103,7 +121,7 @@ class MlflowRest:
 def _http_error(exc: urllib.error.HTTPError) -> MlflowError:
     """MLflow's error code and message from a refused call; 5xx and 429 may pass."""
     try:
-        body = json.loads(exc.read() or b"{}")
+        body = json.loads(exc.read(MAX_ANSWER_BYTES) or b"{}")
     except (ValueError, OSError):
         body = {}
     body = body if isinstance(body, dict) else {}
