@@ -170,6 +170,11 @@ def test_an_unreachable_tracking_server_never_fails_or_stalls_training(tmp_path,
     done = train(spec, dataset, tmp_path / "ckpt", tmp_path / "pod")
     assert done.returncode == 0, done.stderr[-3000:]
     assert time.monotonic() - started < 150  # the end waits at most 15 s for the tracking server
-    assert "MLflow tracking incomplete" in done.stderr and "MLflow tracking failing" in done.stderr
+    # Whether the first failure is logged before the end depends on how fast training runs (the first call
+    # retries for ~15 s); the end's account of what never arrived does not.
+    records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith('{"time"')]
+    (incomplete,) = [record for record in records if "incomplete" in record["message"]]
+    assert incomplete["message"] == "MLflow tracking incomplete" and incomplete["run"] == "not created"
+    assert incomplete["status"] == "FINISHED" and incomplete["dropped"] > 0
     assert steps(tmp_path / "ckpt" / "metrics" / "metrics.jsonl") == list(range(1, 9))  # the files do not wait for it
     assert not (tmp_path / "ckpt" / "metrics" / "mlflow-run.json").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 
 import pytest
@@ -118,6 +119,32 @@ def test_an_unreachable_server_never_stalls_training(tmp_path, caplog):
     assert delivered is False and tracked.dropped >= 150  # the queue's overflow at least, counted
     assert not (tmp_path / "run.json").exists()
     assert any("dropped" in r.getMessage() or hasattr(r, "dropped") for r in caplog.records)
+
+
+def test_the_end_counts_a_batch_still_retrying_as_not_arrived(tmp_path, caplog):
+    """The first call fails fast, the batch after it is still retrying when the end's time runs out: the
+    warning's count covers it (once it said 0 with every value lost)."""
+    retrying, release = threading.Event(), threading.Event()
+    calls = []
+
+    def sleep(_: float) -> None:
+        calls.append(_)
+        if len(calls) > 1:  # the first call's retry passes at once; the batch's blocks
+            retrying.set()
+            release.wait(10)
+
+    rest = MlflowRest(f"http://127.0.0.1:{free_port()}", timeout=2.0, delays=(0.01,), sleep=sleep)
+    tracked = MlflowTracker(rest, "exp", "tiny", {}, {}, str(tmp_path / "run.json"), finish_timeout=0.3)
+    for step in (1, 2, 3):
+        tracked.log(step, {"loss": 1.0, "lr": 0.1})
+    try:
+        retrying.wait(5)
+        with caplog.at_level(logging.WARNING, "llmtrain.train"):
+            assert tracked.finish(tracking.FINISHED) is False
+    finally:
+        release.set()
+    (incomplete,) = [r for r in caplog.records if r.getMessage() == "MLflow tracking incomplete"]
+    assert incomplete.dropped == 6 and incomplete.run == "not created"
 
 
 def test_a_slow_server_fills_the_bounded_queue_and_the_overflow_is_counted(fake):

@@ -134,6 +134,7 @@ class MlflowTracker:
         self._existing_params: dict[str, Any] = {}
         self._dropped_full = 0  # metric values dropped by the training thread (the queue was full)
         self._dropped_failed = 0  # metric values dropped by the tracker's thread (the server failed)
+        self._in_flight = 0  # metric values in the call the tracker's thread is making
         self._queue: queue.Queue[Any] = queue.Queue(max_queued + 1)
         self._queue.put_nowait(_START)
         self._failing = False
@@ -174,6 +175,8 @@ class MlflowTracker:
                     break
         self._thread.join(max(0.0, deadline - time.monotonic()))
         pending = sum(len(item) for item in list(self._queue.queue) if isinstance(item, list))
+        if self._thread.is_alive():
+            pending += self._in_flight  # a call still retrying when the time ran out
         delivered = not self._thread.is_alive() and not self.dropped and not self._failing
         if not delivered:
             log.warning(
@@ -208,15 +211,18 @@ class MlflowTracker:
     def _attempt(self, action: Any, values: int) -> None:
         """Run one call (the run made first); a failure drops what it carried, counted, with a warning
         when the server starts failing and when it comes back."""
+        self._in_flight = values
         try:
             self._ensure_run()
             action()
         except (MlflowError, OSError, LookupError, TypeError, ValueError) as exc:  # also an answer not MLflow's
             self._dropped_failed += values
+            self._in_flight = 0
             if not self._failing:
                 log.warning("MLflow tracking failing; metrics are dropped (counted)", extra={"error": str(exc)[:300]})
             self._failing = True
             return
+        self._in_flight = 0
         if self._failing:
             log.info("MLflow tracking works again", extra={"dropped": self.dropped})
         self._failing = False
