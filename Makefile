@@ -68,7 +68,7 @@ test: install tools ## the default test run (no slow tier): the README's test co
 test-all: install tools mlflow ## every tier, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-slow: install mlflow ## only the slow tier (the full example run, multi-rank fp16/HSDP/background saves, drills, MLflow; ~11 min)
+test-slow: install mlflow ## only the slow tier (the full example run, multi-rank fp16/HSDP/background saves, drills, MLflow, the emulated e2e mode; ~12 min)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 mlflow: $(MLFLOW_VENV)/.installed ## an MLflow tracking server in .venv-mlflow, for the tracking tests (mlflow==$(MLFLOW_VERSION))

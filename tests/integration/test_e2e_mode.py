@@ -14,7 +14,9 @@ import yaml
 from support.cluster import E2E_KUBECONFIG
 from support.paths import ROOT
 
-pytestmark = pytest.mark.emulated  # it is the stand-in for the real cluster
+# emulated: it is the stand-in for the real cluster; slow: the cluster tier runs the same modules behind a
+# kubeconfig on the real control plane (test_real_e2e.py), so the default tier leaves this minute to CI
+pytestmark = [pytest.mark.emulated, pytest.mark.slow]
 
 
 def kubeconfig(server: str) -> dict:
